@@ -1,0 +1,1 @@
+fn main() { println!("{:?}", ttsd::mlx_info::smoke()); }

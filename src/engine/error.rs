@@ -1,0 +1,33 @@
+//! Typed engine errors: callers (the worker) map them to protocol error codes.
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The request itself is wrong (empty text, speaker out of range, bad scale,
+    /// phoneme id outside the voice's range). Maps to `bad_request`.
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("unknown voice '{0}'")]
+    UnknownVoice(String),
+    /// The voice files are missing, truncated or do not fit the model.
+    #[error("cannot load voice {path}: {reason}")]
+    VoiceLoad { path: String, reason: String },
+    /// espeak-ng could not be loaded or failed.
+    #[error("phonemizer: {0}")]
+    Phonemizer(String),
+    /// The cancellation flag was raised (timeout or client gone).
+    #[error("cancelled")]
+    Cancelled,
+    /// MLX reported an error while running the model.
+    #[error("mlx: {0}")]
+    Mlx(String),
+    /// The chunk consumer failed (for example the supervisor went away).
+    #[error("output: {0}")]
+    Output(String),
+}
+
+impl From<mlx_rs::error::Exception> for EngineError {
+    fn from(e: mlx_rs::error::Exception) -> Self {
+        EngineError::Mlx(e.to_string())
+    }
+}

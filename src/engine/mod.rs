@@ -1,0 +1,139 @@
+//! The inference engine: text or phoneme ids in, 16-bit PCM chunks out.
+//!
+//! Owns the phonemizer (espeak-ng, one per process) and the loaded voices, and
+//! runs every model call on the calling thread. It must never spawn threads of
+//! its own or be shared between threads: MLX and espeak-ng are not thread-safe,
+//! so the daemon's workers call it from their main thread only.
+//!
+//! Layout: `voice_config` (the `.onnx.json`), `onnx` + `weights` (the `.onnx`
+//! initializers, named by the module that consumes them, cached as
+//! safetensors), `phonemize` (espeak-ng), `vits` (the model), `voice` (one
+//! loaded voice: config + model + synthesis loop).
+
+pub mod error;
+pub mod onnx;
+pub mod phonemize;
+pub mod voice;
+pub mod voice_config;
+pub mod vits;
+pub mod weights;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub use error::EngineError;
+pub use phonemize::Phonemizer;
+pub use voice::{Voice, VoiceInfo};
+
+/// What to speak.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SynthInput {
+    /// Plain text: phonemized with espeak-ng, one chunk per sentence.
+    Text(String),
+    /// Phoneme ids as the voice's `phoneme_id_map` gives them (BOS/pad/EOS
+    /// included), spoken as one sentence.
+    PhonemeIds(Vec<i64>),
+}
+
+/// How to speak it. Defaults are Piper's (and the voice's `inference` block).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthParams {
+    pub speaker: u32,
+    pub length_scale: f32,
+    pub noise_scale: f32,
+    pub noise_w: f32,
+    /// Seed for the noise; `None` picks one.
+    pub seed: Option<u64>,
+    /// Skip Piper's per-sentence peak normalisation (clipping still applies).
+    pub raw: bool,
+}
+
+impl Default for SynthParams {
+    fn default() -> Self {
+        Self { speaker: 0, length_scale: 1.0, noise_scale: 0.667, noise_w: 0.8, seed: None, raw: false }
+    }
+}
+
+/// A piece of audio ready to send. Chunks of one request arrive in order.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub samples: Vec<i16>,
+    /// Index of the sentence this chunk belongs to, and how many there are.
+    pub sentence: usize,
+    pub sentences: usize,
+}
+
+/// What one synthesis produced.
+#[derive(Debug, Clone, Default)]
+pub struct SynthSummary {
+    pub samples: usize,
+    pub sample_rate: u32,
+    pub sentences: usize,
+    /// Seconds spent in phonemization + model, excluding the `on_chunk` callback.
+    pub synth_seconds: f64,
+}
+
+impl SynthSummary {
+    pub fn audio_seconds(&self) -> f64 {
+        self.samples as f64 / self.sample_rate.max(1) as f64
+    }
+}
+
+/// One process's engine: a phonemizer and the voices it loaded.
+pub struct Engine {
+    phonemizer: Option<Phonemizer>,
+    voices: BTreeMap<String, Voice>,
+}
+
+impl Engine {
+    /// An engine with no voices. espeak-ng is loaded on the first voice that
+    /// needs it, so phoneme-id-only use works without it.
+    pub fn new() -> Self {
+        Self { phonemizer: None, voices: BTreeMap::new() }
+    }
+
+    /// Load the voice at `onnx_path` (`NAME.onnx` beside `NAME.onnx.json`)
+    /// under `name`. Fails with a clear error, never a panic.
+    pub fn load_voice(&mut self, name: &str, onnx_path: &Path) -> Result<&VoiceInfo, EngineError> {
+        let voice = Voice::load(name, onnx_path)?;
+        if self.phonemizer.is_none() {
+            self.phonemizer = Some(Phonemizer::new()?);
+        }
+        self.voices.insert(name.to_string(), voice);
+        Ok(self.voices[name].info())
+    }
+
+    pub fn voices(&self) -> impl Iterator<Item = &VoiceInfo> {
+        self.voices.values().map(Voice::info)
+    }
+
+    pub fn voice(&self, name: &str) -> Option<&Voice> {
+        self.voices.get(name)
+    }
+
+    /// Synthesize `input` with voice `voice`, handing each chunk to `on_chunk`
+    /// as soon as it is ready. `cancelled` is polled between sentences, chunks
+    /// and model stages; when it returns true the call ends with
+    /// [`EngineError::Cancelled`].
+    pub fn synthesize(
+        &mut self,
+        voice: &str,
+        input: &SynthInput,
+        params: &SynthParams,
+        cancelled: &dyn Fn() -> bool,
+        on_chunk: &mut dyn FnMut(Chunk) -> Result<(), EngineError>,
+    ) -> Result<SynthSummary, EngineError> {
+        crate::worker::assert_main_thread();
+        let v = self
+            .voices
+            .get_mut(voice)
+            .ok_or_else(|| EngineError::UnknownVoice(voice.to_string()))?;
+        v.synthesize(self.phonemizer.as_mut(), input, params, cancelled, on_chunk)
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}

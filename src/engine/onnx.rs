@@ -1,0 +1,1 @@
+//! Reads a Piper `.onnx` file's initializers (owned by the weights helper).

@@ -1,0 +1,1 @@
+//! The VITS model (owned by the engine lead).

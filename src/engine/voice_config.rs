@@ -1,0 +1,1 @@
+//! The voice's `.onnx.json` (owned by the weights helper).

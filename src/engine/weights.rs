@@ -1,0 +1,1 @@
+//! Named model weights from a Piper voice (owned by the weights helper).

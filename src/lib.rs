@@ -1,0 +1,4 @@
+//! ttsd: a local text-to-speech daemon.
+pub mod engine;
+pub mod mlx_info;
+pub mod worker;
