@@ -61,8 +61,9 @@ pub struct TensorProto {
     pub int64_data: Vec<i64>,
     #[prost(string, tag = "8")]
     pub name: String,
-    #[prost(bytes = "vec", tag = "9")]
-    pub raw_data: Vec<u8>,
+    /// Shares the file's buffer (no copy) when decoded from `Bytes`.
+    #[prost(bytes = "bytes", tag = "9")]
+    pub raw_data: prost::bytes::Bytes,
 }
 
 fn load_err(path: &Path, reason: impl Into<String>) -> EngineError {
@@ -70,7 +71,8 @@ fn load_err(path: &Path, reason: impl Into<String>) -> EngineError {
 }
 
 /// Decode ONNX model bytes and return its graph. `path` is only used in errors.
-pub fn parse_model(path: &Path, bytes: &[u8]) -> Result<GraphProto, EngineError> {
+pub fn parse_model(path: &Path, bytes: impl Into<prost::bytes::Bytes>) -> Result<GraphProto, EngineError> {
+    let bytes: prost::bytes::Bytes = bytes.into();
     if bytes.is_empty() {
         return Err(load_err(path, "the ONNX file is empty"));
     }
@@ -95,7 +97,7 @@ pub fn read_model(path: &Path) -> Result<GraphProto, EngineError> {
         };
         load_err(path, what)
     })?;
-    parse_model(path, &bytes)
+    parse_model(path, bytes)
 }
 
 #[cfg(test)]
@@ -147,7 +149,7 @@ mod tests {
                 }],
             }),
         };
-        let g = parse_model(Path::new("mem.onnx"), &model.encode_to_vec()).unwrap();
+        let g = parse_model(Path::new("mem.onnx"), model.encode_to_vec()).unwrap();
         assert_eq!(Some(g), model.graph);
     }
 
@@ -160,12 +162,12 @@ mod tests {
     #[test]
     fn truncated_garbage_and_empty_are_errors() {
         let bytes = std::fs::read(voice()).unwrap();
-        let r = reason(parse_model(Path::new("t.onnx"), &bytes[..1 << 20]).unwrap_err());
+        let r = reason(parse_model(Path::new("t.onnx"), bytes[..1 << 20].to_vec()).unwrap_err());
         assert!(r.contains("truncated or corrupt"), "{r}");
-        let r = reason(parse_model(Path::new("t.onnx"), b"").unwrap_err());
+        let r = reason(parse_model(Path::new("t.onnx"), &b""[..]).unwrap_err());
         assert!(r.contains("empty"), "{r}");
         // Valid protobuf (field 1, varint) but no graph.
-        let r = reason(parse_model(Path::new("t.onnx"), &[0x08, 0x07]).unwrap_err());
+        let r = reason(parse_model(Path::new("t.onnx"), vec![0x08u8, 0x07]).unwrap_err());
         assert!(r.contains("no graph"), "{r}");
         // Pseudo-random bytes: whatever they decode to, it is an error, not a panic.
         let mut state = 0x1234_5678_9abc_def0u64;
@@ -177,8 +179,8 @@ mod tests {
                 state as u8
             })
             .collect();
-        assert!(parse_model(Path::new("g.onnx"), &garbage).is_err());
-        let r = reason(parse_model(Path::new("g.onnx"), b"this is plainly not an onnx model\n").unwrap_err());
+        assert!(parse_model(Path::new("g.onnx"), garbage).is_err());
+        let r = reason(parse_model(Path::new("g.onnx"), &b"this is plainly not an onnx model\n"[..]).unwrap_err());
         assert!(!r.is_empty());
     }
 }

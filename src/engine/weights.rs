@@ -498,7 +498,7 @@ mod tests {
         TensorProto {
             dims: dims.to_vec(),
             data_type: DATA_TYPE_FLOAT,
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
             name: name.into(),
             ..Default::default()
         }
@@ -742,7 +742,7 @@ mod tests {
             initializer: vec![TensorProto {
                 dims: vec![1],
                 data_type: 10,
-                raw_data: vec![0, 0x3c],
+                raw_data: vec![0u8, 0x3c].into(),
                 name: "w".into(),
                 ..Default::default()
             }],
@@ -774,6 +774,32 @@ mod tests {
         };
         let w = Weights::from_onnx(&write_model(dir.path(), graph)).unwrap();
         assert_eq!(w.names(), vec!["q.c.weight"]);
+    }
+
+    /// Timings on the bundled voice: `cargo test --release --lib load_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn load_timing() {
+        let dir = tempfile::tempdir().unwrap();
+        let best = |f: &dyn Fn() -> Weights| {
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    let w = f();
+                    let e = t.elapsed();
+                    drop(w);
+                    e
+                })
+                .min()
+                .unwrap()
+        };
+        let read = best(&|| Weights::from_onnx(&voice()).unwrap());
+        let t = Instant::now();
+        let (_, s) = Weights::load_with_cache_dir(&voice(), Some(dir.path())).unwrap();
+        let miss = t.elapsed();
+        assert!(matches!(s, CacheStatus::Miss { written: true, .. }));
+        let hit = best(&|| Weights::load_with_cache_dir(&voice(), Some(dir.path())).unwrap().0);
+        eprintln!("parse only {read:?}; parse + cache write {miss:?}; cache hit {hit:?}");
     }
 
     #[test]
