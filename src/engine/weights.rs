@@ -548,7 +548,9 @@ mod tests {
         let res = w.names_with_prefix("dec.resblocks.");
         assert!(!res.is_empty() && res.iter().all(|n| n.starts_with("dec.resblocks.")));
         assert!(res.windows(2).all(|p| p[0] < p[1]));
-        assert!(w.names_with_prefix("dec.resblocks.0.convs1.0.").contains(&"dec.resblocks.0.convs1.0.weight"));
+        // This voice uses ResBlock2 (`convs.N`): 9 blocks x 2 convs x (weight, bias).
+        assert_eq!(res.len(), 36);
+        assert_eq!(w.names_with_prefix("dec.resblocks.0.convs.0."), vec!["dec.resblocks.0.convs.0.bias", "dec.resblocks.0.convs.0.weight"]);
         assert!(w.names_with_prefix("nothing.").is_empty());
     }
 
