@@ -33,7 +33,7 @@ pub struct GraphProto {
     pub initializer: Vec<TensorProto>,
 }
 
-/// `onnx.NodeProto`, without attributes.
+/// `onnx.NodeProto`, with integer attributes only.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct NodeProto {
     #[prost(string, repeated, tag = "1")]
@@ -44,6 +44,28 @@ pub struct NodeProto {
     pub name: String,
     #[prost(string, tag = "4")]
     pub op_type: String,
+    #[prost(message, repeated, tag = "5")]
+    pub attribute: Vec<AttributeProto>,
+}
+
+/// `onnx.AttributeProto`, reduced to integer values (a convolution's
+/// `dilations`, `pads`, `strides`, `group`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttributeProto {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(int64, tag = "3")]
+    pub i: i64,
+    #[prost(int64, repeated, tag = "8")]
+    pub ints: Vec<i64>,
+}
+
+impl NodeProto {
+    /// An integer-list attribute (`ints`), or a scalar one as a list of one.
+    pub fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        let a = self.attribute.iter().find(|a| a.name == name)?;
+        Some(if a.ints.is_empty() { vec![a.i] } else { a.ints.clone() })
+    }
 }
 
 /// `onnx.TensorProto`, reduced to what a float or int64 initializer needs.
@@ -139,6 +161,7 @@ mod tests {
                     output: vec!["y".into()],
                     name: "/a/Conv".into(),
                     op_type: "Conv".into(),
+                    attribute: vec![],
                 }],
                 initializer: vec![TensorProto {
                     dims: vec![2],

@@ -60,10 +60,41 @@ impl fmt::Debug for Tensor {
     }
 }
 
+/// A 1-D convolution's hyper-parameters, read from its graph node: the
+/// weights alone do not say the dilation, padding or stride.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConvAttrs {
+    pub dilation: usize,
+    /// Zero padding (left, right).
+    pub pads: (usize, usize),
+    pub stride: usize,
+    pub group: usize,
+}
+
+impl ConvAttrs {
+    /// Stride 1, no dilation, "same" padding for an odd kernel.
+    pub fn same(kernel: usize) -> Self {
+        Self { dilation: 1, pads: ((kernel - 1) / 2, kernel / 2), stride: 1, group: 1 }
+    }
+
+    fn from_node(node: &NodeProto) -> Option<Self> {
+        let one = |name: &str| node.ints(name).and_then(|v| v.first().copied()).unwrap_or(1).max(1) as usize;
+        let pads = node.ints("pads").unwrap_or_default();
+        Some(Self {
+            dilation: one("dilations"),
+            pads: (pads.first().copied().unwrap_or(0).max(0) as usize, pads.get(1).copied().unwrap_or(0).max(0) as usize),
+            stride: one("strides"),
+            group: one("group"),
+        })
+    }
+}
+
 /// All weights of one voice, by `state_dict` name.
 #[derive(Clone, PartialEq)]
 pub struct Weights {
     tensors: BTreeMap<String, Tensor>,
+    /// Convolution attributes by module name (`dec.resblocks.0.convs.1`).
+    conv_attrs: BTreeMap<String, ConvAttrs>,
     /// The `.onnx` path, for error messages.
     source: String,
 }
@@ -106,20 +137,41 @@ impl Weights {
         let Some(entry) = cache_dir.and_then(|dir| CacheEntry::for_voice(onnx_path, dir)) else {
             return Ok((Self::from_onnx(onnx_path)?, CacheStatus::Disabled));
         };
-        if let Some(tensors) = entry.read() {
-            let w = Weights { tensors, source: onnx_path.display().to_string() };
+        if let Some((tensors, conv_attrs)) = entry.read() {
+            let w = Weights { tensors, conv_attrs, source: onnx_path.display().to_string() };
             return Ok((w, CacheStatus::Hit(entry.file)));
         }
         let w = Self::from_onnx(onnx_path)?;
-        let written = entry.write(&w.tensors);
+        let written = entry.write(&w.tensors, &w.conv_attrs);
         Ok((w, CacheStatus::Miss { file: entry.file, written }))
     }
 
     /// Parse `NAME.onnx` without the cache.
     pub fn from_onnx(onnx_path: &Path) -> Result<Weights, EngineError> {
         let graph = onnx::read_model(onnx_path)?;
+        let conv_attrs = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Conv" || n.op_type == "ConvTranspose")
+            .filter_map(|n| Some((module_of(&n.name)?, ConvAttrs::from_node(n)?)))
+            .collect();
         let tensors = name_initializers(onnx_path, graph)?;
-        Ok(Weights { tensors, source: onnx_path.display().to_string() })
+        Ok(Weights { tensors, conv_attrs, source: onnx_path.display().to_string() })
+    }
+
+    /// Weights from tensors built in memory (tests), with no graph attributes.
+    pub fn from_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>) -> Weights {
+        Weights { tensors: tensors.into_iter().collect(), conv_attrs: BTreeMap::new(), source: "<memory>".into() }
+    }
+
+    /// The graph attributes of the convolution `module` (`dec.ups.0`).
+    pub fn conv_attrs(&self, module: &str) -> Option<ConvAttrs> {
+        self.conv_attrs.get(module).copied()
+    }
+
+    /// Records a convolution's attributes (tests, hand-built weights).
+    pub fn set_conv_attrs(&mut self, module: &str, attrs: ConvAttrs) {
+        self.conv_attrs.insert(module.to_string(), attrs);
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -365,7 +417,7 @@ fn name_initializers(path: &Path, graph: GraphProto) -> Result<BTreeMap<String, 
 // ------------------------------------------------------------------ cache
 
 /// Bumped whenever the naming rules change, so stale caches are not used.
-const CACHE_FORMAT: &str = "ttsd-weights-1";
+const CACHE_FORMAT: &str = "ttsd-weights-2";
 
 /// Where converted weights are cached: `$TTSD_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/ttsd`, else `$HOME/.cache/ttsd` (empty or, for XDG,
@@ -407,14 +459,18 @@ impl CacheEntry {
         Some(CacheEntry { file, identity })
     }
 
-    /// The cached tensors, or `None` for a missing, foreign or damaged file.
-    fn read(&self) -> Option<BTreeMap<String, Tensor>> {
+    /// The cached tensors and convolution attributes, or `None` for a
+    /// missing, foreign or damaged file.
+    #[allow(clippy::type_complexity)]
+    fn read(&self) -> Option<(BTreeMap<String, Tensor>, BTreeMap<String, ConvAttrs>)> {
         use safetensors::{Dtype, SafeTensors};
         let bytes = std::fs::read(&self.file).ok()?;
         let (_, meta) = SafeTensors::read_metadata(&bytes).ok()?;
-        if meta.metadata().as_ref()?.get("identity")? != &self.identity {
+        let meta = meta.metadata().as_ref()?;
+        if meta.get("identity")? != &self.identity {
             return None;
         }
+        let conv_attrs: BTreeMap<String, ConvAttrs> = serde_json::from_str(meta.get("conv_attrs")?).ok()?;
         let st = SafeTensors::deserialize(&bytes).ok()?;
         let mut out = BTreeMap::new();
         for (name, view) in st.iter() {
@@ -429,11 +485,11 @@ impl CacheEntry {
             }
             out.insert(name.to_string(), Tensor { shape, data });
         }
-        (!out.is_empty()).then_some(out)
+        (!out.is_empty()).then_some((out, conv_attrs))
     }
 
     /// Store `tensors` atomically (temp file + rename). Returns success.
-    fn write(&self, tensors: &BTreeMap<String, Tensor>) -> bool {
+    fn write(&self, tensors: &BTreeMap<String, Tensor>, conv_attrs: &BTreeMap<String, ConvAttrs>) -> bool {
         let Some(dir) = self.file.parent() else { return false };
         if std::fs::create_dir_all(dir).is_err() {
             return false;
@@ -447,6 +503,7 @@ impl CacheEntry {
         let metadata = Some(HashMap::from([
             ("format".to_string(), CACHE_FORMAT.to_string()),
             ("identity".to_string(), self.identity.clone()),
+            ("conv_attrs".to_string(), serde_json::to_string(conv_attrs).unwrap_or_default()),
         ]));
         let views = tensors.iter().map(|(k, t)| (k.as_str(), F32View(t)));
         let ok = safetensors::serialize_to_file(views, &metadata, &tmp).is_ok()
@@ -510,6 +567,7 @@ mod tests {
             output: outputs.iter().map(|s| s.to_string()).collect(),
             name: name.into(),
             op_type: op.into(),
+            attribute: vec![],
         }
     }
 
