@@ -88,10 +88,15 @@ pub fn pad_time(x: &Array, left: i32, right: i32) -> Result<Array> {
     Ok(ops::pad(x, &widths, None, None)?)
 }
 
+/// Inputs with at least this many elements use per-tap accumulation.
+const TAP_ACCUMULATE_ELEMENTS: usize = 1 << 16;
+
 /// A 1-D convolution, stride 1, groups 1, any kernel size and dilation.
-/// Weight `[C_out, C_in, K]` is stored as `[K*C_in, C_out]`.
+/// Weight `[C_out, C_in, K]` is stored as `[K*C_in, C_out]` (im2col form) and
+/// as `K` taps of `[C_in, C_out]`.
 pub struct Conv1d {
     weight: Array,
+    taps: Vec<Array>,
     bias: Option<Array>,
     kernel: i32,
     dilation: i32,
@@ -115,8 +120,12 @@ impl Conv1d {
         // [C_out, C_in, K] -> [K, C_in, C_out] -> [K*C_in, C_out]
         let data = permute3(&w.data, [c_out, c_in, k], [2, 1, 0]);
         let weight = Array::from_slice(&data, &[(k * c_in) as i32, c_out as i32]);
+        let taps = (0..k)
+            .map(|i| Array::from_slice(&data[i * c_in * c_out..(i + 1) * c_in * c_out], &[c_in as i32, c_out as i32]))
+            .collect();
         Ok(Self {
             weight,
+            taps,
             bias,
             kernel: k as i32,
             dilation: attrs.dilation as i32,
@@ -146,9 +155,25 @@ impl Conv1d {
     }
 
     /// `x: [T, C_in]` -> `[T', C_out]`.
+    ///
+    /// Long inputs (the decoder's late stages) accumulate one GEMM per tap
+    /// into the output: materialising the im2col matrix costs more memory
+    /// traffic there than the GEMMs themselves. Short ones use im2col.
     pub fn forward(&self, x: &Array) -> Result<Array> {
         let y = if self.kernel == 1 {
             ops::matmul(x, &self.weight)?
+        } else if x.shape()[0] as usize * self.c_in >= TAP_ACCUMULATE_ELEMENTS {
+            let xp = pad_time(x, self.pad.0, self.pad.1)?;
+            let t_out = xp.shape()[0] - self.dilation * (self.kernel - 1);
+            let mut y = match &self.bias {
+                Some(b) => ops::addmm(b, &rows(&xp, 0, t_out)?, &self.taps[0], None, None)?,
+                None => ops::matmul(&rows(&xp, 0, t_out)?, &self.taps[0])?,
+            };
+            for (i, w) in self.taps.iter().enumerate().skip(1) {
+                let start = i as i32 * self.dilation;
+                y = ops::addmm(&y, &rows(&xp, start, start + t_out)?, w, None, None)?;
+            }
+            return Ok(y);
         } else {
             let xp = pad_time(x, self.pad.0, self.pad.1)?;
             let t_out = xp.shape()[0] - self.dilation * (self.kernel - 1);
@@ -383,7 +408,14 @@ mod tests {
 
     #[test]
     fn dilated_conv_matches_direct_convolution() {
-        let (t, c_in, c_out, k, dil) = (23, 5, 4, 7, 3);
+        // Short input (im2col) and long input (per-tap accumulation).
+        for t in [23, (TAP_ACCUMULATE_ELEMENTS / 5) + 7] {
+            check_conv(t);
+        }
+    }
+
+    fn check_conv(t: usize) {
+        let (c_in, c_out, k, dil) = (5, 4, 7, 3);
         let pad = dil * (k - 1) / 2;
         let w = tensor(&[c_out, c_in, k], |i| ((i * 37 % 17) as f32 - 8.0) / 10.0);
         let b = tensor(&[c_out], |i| i as f32 * 0.1);
