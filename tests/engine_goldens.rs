@@ -3,6 +3,11 @@
 //! off): prior mean/log-std, frame counts and audio, per golden sentence.
 //! Also: windowed decoding equals whole-sentence decoding, streaming and
 //! cancellation behave, and broken voice files give errors, not panics.
+//!
+//! Runs without libtest's harness (`harness = false`): the engine must only
+//! be called on a process's main thread (asserted in test builds), and
+//! libtest runs every test on a thread of its own. `main` runs the tests in
+//! turn on the main thread and reports like libtest.
 use std::path::{Path, PathBuf};
 
 use ttsd::engine::{Chunk, Engine, EngineError, SynthInput, SynthParams, Voice};
@@ -73,7 +78,6 @@ fn noise_off(length_scale: f32) -> SynthParams {
     SynthParams { noise_scale: 0.0, noise_w: 0.0, length_scale, seed: Some(0), ..Default::default() }
 }
 
-#[test]
 fn every_golden_case_matches_the_reference() {
     let voice = Voice::load("joe", &voice_path()).expect("bundled voice loads");
     let c = voice.model().config.inter_channels;
@@ -105,7 +109,6 @@ fn every_golden_case_matches_the_reference() {
     assert!(same_frames >= 13.min(total), "identical frame counts in only {same_frames} of {total}");
 }
 
-#[test]
 fn windowed_decoding_equals_whole_sentence_decoding() {
     let voice = Voice::load("joe", &voice_path()).unwrap();
     let case = cases().into_iter().max_by_key(|c| c.ids.len()).unwrap();
@@ -127,7 +130,6 @@ fn windowed_decoding_equals_whole_sentence_decoding() {
     assert!(max_diff < 1e-4, "stitched audio differs from whole decoding by up to {max_diff}");
 }
 
-#[test]
 fn streaming_yields_several_chunks_and_cancellation_stops_it() {
     let mut engine = Engine::new();
     engine.load_voice("joe", &voice_path()).unwrap();
@@ -158,7 +160,6 @@ fn seen_flag() -> bool {
     CANCEL.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-#[test]
 fn text_sentences_become_separate_normalised_chunks() {
     let mut engine = Engine::new();
     engine.load_voice("joe", &voice_path()).unwrap();
@@ -178,7 +179,6 @@ fn text_sentences_become_separate_normalised_chunks() {
     }
 }
 
-#[test]
 fn bad_parameters_and_ids_are_rejected_clearly() {
     let mut engine = Engine::new();
     engine.load_voice("joe", &voice_path()).unwrap();
@@ -216,7 +216,6 @@ fn copy_voice(dir: &Path, onnx_bytes: Option<usize>, json: Option<&str>) -> Path
     onnx
 }
 
-#[test]
 fn broken_voice_files_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::env::set_var("TTSD_CACHE_DIR", dir.path().join("cache"));
@@ -235,4 +234,31 @@ fn broken_voice_files_give_clear_errors() {
     let mismatched = copy_voice(&sub, None, Some(&cfg.to_string()));
     let err = Voice::load("x", &mismatched).err().expect("mismatched json must fail");
     assert!(err.to_string().contains("num_symbols"), "{err}");
+}
+
+fn main() {
+    let tests: &[(&str, fn())] = &[
+        ("every_golden_case_matches_the_reference", every_golden_case_matches_the_reference),
+        ("windowed_decoding_equals_whole_sentence_decoding", windowed_decoding_equals_whole_sentence_decoding),
+        ("streaming_yields_several_chunks_and_cancellation_stops_it", streaming_yields_several_chunks_and_cancellation_stops_it),
+        ("text_sentences_become_separate_normalised_chunks", text_sentences_become_separate_normalised_chunks),
+        ("bad_parameters_and_ids_are_rejected_clearly", bad_parameters_and_ids_are_rejected_clearly),
+        ("broken_voice_files_give_clear_errors", broken_voice_files_give_clear_errors),
+    ];
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let ok = std::panic::catch_unwind(test).is_ok();
+        println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
+        if ok {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out\n", if failed == 0 { "ok" } else { "FAILED" });
+    std::process::exit(if failed == 0 { 0 } else { 101 });
 }
