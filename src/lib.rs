@@ -3,3 +3,4 @@ pub mod engine;
 pub mod mlx_info;
 pub mod synth_cli;
 pub mod worker;
+pub mod protocol;
