@@ -4,3 +4,4 @@ pub mod mlx_info;
 pub mod synth_cli;
 pub mod worker;
 pub mod protocol;
+pub mod config;
