@@ -5,3 +5,5 @@ pub mod synth_cli;
 pub mod worker;
 pub mod protocol;
 pub mod config;
+pub mod supervisor;
+pub mod log;

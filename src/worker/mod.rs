@@ -32,7 +32,7 @@ pub fn assert_main_thread() {
 }
 
 macro_rules! wlog {
-    ($($a:tt)*) => { eprintln!("ttsd worker[{}]: {}", std::process::id(), format!($($a)*)) };
+    ($($a:tt)*) => { crate::logln!("ttsd worker[{}]: {}", std::process::id(), format!($($a)*)) };
 }
 
 /// The worker's main: returns the process exit code.
