@@ -7,3 +7,4 @@ pub mod protocol;
 pub mod config;
 pub mod supervisor;
 pub mod log;
+pub mod client;

@@ -97,7 +97,8 @@ impl Config {
         let mut cfg: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        cfg.resolve_voices(base);
+        let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
+        cfg.resolve_voices(&base);
         cfg.validate()?;
         Ok(cfg)
     }
