@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused_early() {
-        let t = SynthRequest::text;
+        let t = |s: &str| SynthRequest::text(s);
         assert_eq!(code(t("  \n")), ErrorCode::BadRequest);
         assert_eq!(code(t(&"a".repeat(101))), ErrorCode::BadRequest);
         assert!(run(t(&"é".repeat(100)), false).is_ok(), "characters, not bytes");
