@@ -114,20 +114,24 @@ impl PeerPolicy {
 /// Removes the socket file when dropped (only if it is still ours).
 pub struct SocketFile {
     path: PathBuf,
-    ino: u64,
+    /// (inode, ctime s, ctime ns): inode numbers alone get reused.
+    id: Option<(u64, i64, i64)>,
+}
+
+fn file_id(path: &Path) -> Option<(u64, i64, i64)> {
+    std::fs::symlink_metadata(path).ok().map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 impl SocketFile {
     pub fn new(path: &Path) -> Self {
-        let ino = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
-        Self { path: path.to_path_buf(), ino }
+        Self { path: path.to_path_buf(), id: file_id(path) }
     }
 
     pub fn remove(&mut self) {
-        if self.ino != 0 && std::fs::metadata(&self.path).map(|m| m.ino()).ok() == Some(self.ino) {
+        if self.id.is_some() && file_id(&self.path) == self.id {
             let _ = std::fs::remove_file(&self.path);
         }
-        self.ino = 0;
+        self.id = None;
     }
 }
 
@@ -170,6 +174,7 @@ mod tests {
         let mut f = SocketFile::new(&path);
         drop(l);
         std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let _other = bind(&path, "").unwrap();
         f.remove();
         assert!(path.exists(), "another daemon's socket must survive");
