@@ -1,4 +1,5 @@
 //! ttsd: a local text-to-speech daemon.
+pub mod bench;
 pub mod engine;
 pub mod mlx_info;
 pub mod synth_cli;

@@ -46,11 +46,15 @@ pub struct SynthParams {
     pub seed: Option<u64>,
     /// Skip Piper's per-sentence peak normalisation (clipping still applies).
     pub raw: bool,
+    /// Hand out decoder windows as soon as they are ready instead of whole
+    /// sentences. Streamed audio is not peak-normalised (that needs the whole
+    /// sentence): it is the decoder's output, clipped.
+    pub stream: bool,
 }
 
 impl Default for SynthParams {
     fn default() -> Self {
-        Self { speaker: 0, length_scale: 1.0, noise_scale: 0.667, noise_w: 0.8, seed: None, raw: false }
+        Self { speaker: 0, length_scale: 1.0, noise_scale: 0.667, noise_w: 0.8, seed: None, raw: false, stream: false }
     }
 }
 

@@ -1,7 +1,20 @@
-//! One loaded voice (owned by the engine lead).
-use super::*;
+//! One loaded voice: its `.onnx.json` config and its VITS model, and the
+//! synthesis loop (sentences -> latent -> decoder windows -> PCM chunks).
+//!
+//! Runs on the calling thread only and checks the caller's cancellation flag
+//! between sentences, model stages and decoder windows.
 use std::path::Path;
+use std::time::Instant;
 
+use mlx_rs::Array;
+
+use super::phonemize::phonemes_to_ids;
+use super::vits::{ops::to_vec, Vits};
+use super::voice_config::VoiceConfig;
+use super::weights::Weights;
+use super::*;
+
+/// What clients see of a voice.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct VoiceInfo {
     pub name: String,
@@ -13,25 +26,225 @@ pub struct VoiceInfo {
     pub num_symbols: u32,
 }
 
+/// Frames in the first decoder window of a streamed sentence (small, for a
+/// quick first chunk) and in the following ones.
+const FIRST_WINDOW_FRAMES: usize = 24;
+const WINDOW_FRAMES: usize = 192;
+
 pub struct Voice {
     info: VoiceInfo,
+    config: VoiceConfig,
+    model: Vits,
+}
+
+fn load_error(path: &Path, e: EngineError) -> EngineError {
+    match e {
+        EngineError::VoiceLoad { reason, .. } => EngineError::VoiceLoad { path: path.display().to_string(), reason },
+        other => EngineError::VoiceLoad { path: path.display().to_string(), reason: other.to_string() },
+    }
 }
 
 impl Voice {
-    pub fn load(_name: &str, path: &Path) -> Result<Self, EngineError> {
-        Err(EngineError::VoiceLoad { path: path.display().to_string(), reason: "not built yet".into() })
+    /// Loads `NAME.onnx` and `NAME.onnx.json`; checks that they fit together.
+    pub fn load(name: &str, onnx_path: &Path) -> Result<Self, EngineError> {
+        let config = VoiceConfig::load(&VoiceConfig::json_path_for(onnx_path))?;
+        let weights = Weights::load(onnx_path)?;
+        let model = Vits::load(weights).map_err(|e| load_error(onnx_path, e))?;
+        let cfg = &model.config;
+        if config.num_symbols != 0 && config.num_symbols != cfg.n_vocab {
+            return Err(load_error(
+                onnx_path,
+                EngineError::InvalidInput(format!(
+                    "the .onnx.json does not match the model: num_symbols {} in the json, {} phoneme embeddings in the model",
+                    config.num_symbols, cfg.n_vocab
+                )),
+            ));
+        }
+        if config.num_speakers.max(1) != cfg.n_speakers {
+            return Err(load_error(
+                onnx_path,
+                EngineError::InvalidInput(format!(
+                    "the .onnx.json does not match the model: num_speakers {} in the json, {} in the model",
+                    config.num_speakers, cfg.n_speakers
+                )),
+            ));
+        }
+        if let Some(bad) = config.phoneme_id_map.values().flatten().find(|&&id| id < 0 || id as usize >= cfg.n_vocab) {
+            return Err(load_error(
+                onnx_path,
+                EngineError::InvalidInput(format!("the .onnx.json maps a phoneme to id {bad}, beyond the model's {} symbols", cfg.n_vocab)),
+            ));
+        }
+        let info = VoiceInfo {
+            name: name.to_string(),
+            language: config.language.clone(),
+            quality: config.quality.clone(),
+            sample_rate: config.sample_rate,
+            num_speakers: cfg.n_speakers as u32,
+            num_symbols: cfg.n_vocab as u32,
+        };
+        Ok(Self { info, config, model })
     }
+
     pub fn info(&self) -> &VoiceInfo {
         &self.info
     }
+
+    pub fn config(&self) -> &VoiceConfig {
+        &self.config
+    }
+
+    pub fn model(&self) -> &Vits {
+        &self.model
+    }
+
+    /// Rejects parameters the model cannot use, with a message naming them.
+    pub fn check_params(&self, p: &SynthParams) -> Result<(), EngineError> {
+        let bad = |what: &str, v: f32| EngineError::InvalidInput(format!("{what} must be a finite number > 0, got {v}"));
+        if !p.length_scale.is_finite() || p.length_scale <= 0.0 {
+            return Err(bad("length_scale", p.length_scale));
+        }
+        for (what, v) in [("noise_scale", p.noise_scale), ("noise_w", p.noise_w)] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(EngineError::InvalidInput(format!("{what} must be a finite number >= 0, got {v}")));
+            }
+        }
+        if p.speaker as usize >= self.model.config.n_speakers {
+            return Err(EngineError::InvalidInput(format!(
+                "speaker {} out of range: voice '{}' has {} speaker(s)",
+                p.speaker, self.info.name, self.model.config.n_speakers
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rejects phoneme ids the model has no embedding for.
+    pub fn check_ids(&self, ids: &[i64]) -> Result<(), EngineError> {
+        if ids.is_empty() {
+            return Err(EngineError::InvalidInput("empty phoneme id list".into()));
+        }
+        let n = self.model.config.n_vocab as i64;
+        if let Some(&bad) = ids.iter().find(|&&id| id < 0 || id >= n) {
+            return Err(EngineError::InvalidInput(format!("phoneme id {bad} out of range: voice '{}' has ids 0..{n}", self.info.name)));
+        }
+        Ok(())
+    }
+
+    /// Turns the input into one phoneme-id list per sentence.
+    pub fn sentences(&self, phonemizer: Option<&mut Phonemizer>, input: &SynthInput) -> Result<Vec<Vec<i64>>, EngineError> {
+        match input {
+            SynthInput::PhonemeIds(ids) => {
+                self.check_ids(ids)?;
+                Ok(vec![ids.clone()])
+            }
+            SynthInput::Text(text) => {
+                if text.trim().is_empty() {
+                    return Err(EngineError::InvalidInput("text is empty".into()));
+                }
+                let ph = phonemizer.ok_or_else(|| EngineError::Phonemizer("no phonemizer loaded".into()))?;
+                let sentences = ph.phonemize(text, &self.config.espeak_voice)?;
+                let ids: Vec<Vec<i64>> = sentences
+                    .iter()
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| phonemes_to_ids(s, &self.config.phoneme_id_map))
+                    .collect();
+                if ids.is_empty() {
+                    return Err(EngineError::InvalidInput("text has nothing to speak".into()));
+                }
+                Ok(ids)
+            }
+        }
+    }
+
+    /// Synthesizes `input`, handing out chunks as they are ready.
+    ///
+    /// Not streamed (`params.stream == false`): one chunk per sentence, peak
+    /// normalised per sentence as Piper does (unless `raw`). Streamed: decoder
+    /// windows are sent as soon as they are decoded; peak normalisation needs
+    /// the whole sentence, so streamed audio is the decoder's output as is
+    /// (Piper's `normalize_audio = False`), clipped.
     pub fn synthesize(
         &mut self,
-        _phonemizer: Option<&mut Phonemizer>,
-        _input: &SynthInput,
-        _params: &SynthParams,
-        _cancelled: &dyn Fn() -> bool,
-        _on_chunk: &mut dyn FnMut(Chunk) -> Result<(), EngineError>,
+        phonemizer: Option<&mut Phonemizer>,
+        input: &SynthInput,
+        params: &SynthParams,
+        cancelled: &dyn Fn() -> bool,
+        on_chunk: &mut dyn FnMut(Chunk) -> Result<(), EngineError>,
     ) -> Result<SynthSummary, EngineError> {
-        Err(EngineError::Mlx("not built yet".into()))
+        self.check_params(params)?;
+        let started = Instant::now();
+        let mut callback_time = 0.0f64;
+        let sentences = self.sentences(phonemizer, input)?;
+        let g = self.model.speaker(params.speaker)?;
+        let mut seed = params.seed.unwrap_or_else(random_seed);
+        let mut summary = SynthSummary { sample_rate: self.info.sample_rate, sentences: sentences.len(), ..Default::default() };
+        let check = || if cancelled() { Err(EngineError::Cancelled) } else { Ok(()) };
+        let mut send = |chunk: Chunk, summary: &mut SynthSummary| -> Result<(), EngineError> {
+            summary.samples += chunk.samples.len();
+            let t = Instant::now();
+            let r = on_chunk(chunk);
+            callback_time += t.elapsed().as_secs_f64();
+            r
+        };
+
+        for (index, ids) in sentences.iter().enumerate() {
+            check()?;
+            let latent = self.model.latent(ids, g.as_ref(), params.length_scale, params.noise_scale, params.noise_w, seed)?;
+            seed = seed.wrapping_add(1);
+            let frames = latent.z.shape()[0] as usize;
+            let mut pieces: Vec<Vec<f32>> = Vec::new();
+            let mut start = 0;
+            while start < frames {
+                check()?;
+                let len = if start == 0 { FIRST_WINDOW_FRAMES } else { WINDOW_FRAMES };
+                let end = (start + len).min(frames);
+                let audio = to_vec(&self.model.decode_window(&latent.z, start, end, g.as_ref())?)?;
+                if params.stream {
+                    send(Chunk { samples: to_pcm(&audio, 1.0), sentence: index, sentences: sentences.len() }, &mut summary)?;
+                } else {
+                    pieces.push(audio);
+                }
+                start = end;
+            }
+            if !params.stream {
+                let audio: Vec<f32> = pieces.concat();
+                let gain = if params.raw { 1.0 } else { peak_gain(&audio) };
+                send(Chunk { samples: to_pcm(&audio, gain), sentence: index, sentences: sentences.len() }, &mut summary)?;
+            }
+        }
+        summary.synth_seconds = started.elapsed().as_secs_f64() - callback_time;
+        Ok(summary)
     }
+
+    /// The whole-sentence float audio for phoneme ids, without windows or
+    /// post-processing (for fidelity tests and benchmarks).
+    pub fn render_ids(&self, ids: &[i64], params: &SynthParams) -> Result<(Vec<u32>, Array, Vec<f32>), EngineError> {
+        self.check_params(params)?;
+        self.check_ids(ids)?;
+        let g = self.model.speaker(params.speaker)?;
+        let latent = self.model.latent(ids, g.as_ref(), params.length_scale, params.noise_scale, params.noise_w, params.seed.unwrap_or(0))?;
+        let audio = to_vec(&self.model.dec.forward(&latent.z, g.as_ref())?)?;
+        Ok((latent.durations, latent.z, audio))
+    }
+}
+
+/// Piper's per-sentence normalisation: scale the peak to full scale.
+fn peak_gain(audio: &[f32]) -> f32 {
+    let peak = audio.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if peak < 1e-8 {
+        0.0
+    } else {
+        1.0 / peak
+    }
+}
+
+/// Float audio to 16-bit PCM: gain, clip to [-1, 1], scale by 32767.
+pub fn to_pcm(audio: &[f32], gain: f32) -> Vec<i16> {
+    audio.iter().map(|&v| ((v * gain).clamp(-1.0, 1.0) * 32767.0) as i16).collect()
+}
+
+fn random_seed() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    nanos ^ (std::process::id() as u64).rotate_left(32)
 }

@@ -1,1 +1,232 @@
-//! The VITS model (owned by the engine lead).
+//! VITS, as Piper voices use it, in MLX: text encoder -> stochastic duration
+//! predictor (reverse) -> alignment expansion -> normalizing flow (reverse) ->
+//! HiFi-GAN decoder.
+//!
+//! The architecture is read off the weights ([`VitsConfig::from_weights`]),
+//! so x_low/low/medium/high and multi-speaker voices load alike. Every layer
+//! takes its weights by name and the loader fails on a missing, misshapen or
+//! unused weight. Batch 1, time-major `[T, C]` arrays throughout; with one
+//! sequence there is no padding, so VITS's masks are all ones and omitted.
+//! Nothing here evaluates eagerly except where host values are needed (the
+//! durations); the caller evaluates once per chunk.
+pub mod decoder;
+pub mod duration;
+pub mod flow;
+pub mod ops;
+pub mod text_encoder;
+
+use mlx_rs::Array;
+
+use self::ops::{array, Result};
+use crate::engine::weights::Weights;
+use crate::engine::EngineError;
+
+/// Hyper-parameters, inferred from weight names and shapes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VitsConfig {
+    pub n_vocab: usize,
+    pub hidden_channels: usize,
+    pub inter_channels: usize,
+    pub filter_channels: usize,
+    pub n_heads: usize,
+    pub n_layers: usize,
+    pub window_size: usize,
+    pub stochastic_duration: bool,
+    pub dp_filter_channels: usize,
+    pub dp_n_flows: usize,
+    pub flow_n_flows: usize,
+    pub flow_n_layers: usize,
+    pub upsample_rates: Vec<usize>,
+    pub upsample_initial_channel: usize,
+    pub resblocks_per_stage: usize,
+    pub n_speakers: usize,
+    pub gin_channels: usize,
+}
+
+fn bad(reason: String) -> EngineError {
+    EngineError::VoiceLoad { path: String::new(), reason }
+}
+
+/// How many consecutive `{prefix}{i}{suffix}` weights exist, from 0.
+fn count(ws: &Weights, prefix: &str, suffix: &str) -> usize {
+    (0..).take_while(|i| ws.contains(&format!("{prefix}{i}{suffix}"))).count()
+}
+
+fn dim(ws: &Weights, name: &str, axis: usize) -> Result<usize> {
+    let shape = ws.shape(name).ok_or_else(|| bad(format!("missing weight '{name}'")))?;
+    shape.get(axis).copied().ok_or_else(|| bad(format!("weight '{name}' has shape {shape:?}, expected rank > {axis}")))
+}
+
+impl VitsConfig {
+    pub fn from_weights(ws: &Weights) -> Result<Self> {
+        let n_layers = count(ws, "enc_p.encoder.attn_layers.", ".conv_q.weight");
+        if n_layers == 0 {
+            return Err(bad("missing weight 'enc_p.encoder.attn_layers.0.conv_q.weight': not a Piper VITS voice".into()));
+        }
+        let hidden = dim(ws, "enc_p.emb.weight", 1)?;
+        let rel = "enc_p.encoder.attn_layers.0.emb_rel_k";
+        let k_channels = dim(ws, rel, 2)?;
+        if k_channels == 0 || hidden % k_channels != 0 {
+            return Err(bad(format!("'{rel}' head size {k_channels} does not divide hidden size {hidden}")));
+        }
+        let stochastic = ws.contains("dp.flows.0.m");
+        let dp_filter = if stochastic { dim(ws, "dp.pre.weight", 0)? } else { dim(ws, "dp.conv_1.weight", 0)? };
+        let upsample_rates = (0..count(ws, "dec.ups.", ".weight"))
+            .map(|i| {
+                let name = format!("dec.ups.{i}");
+                ws.conv_attrs(&name).map(|a| a.stride).ok_or_else(|| bad(format!("no stride recorded for '{name}'")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if upsample_rates.is_empty() {
+            return Err(bad("missing weight 'dec.ups.0.weight'".into()));
+        }
+        let n_resblocks = count(ws, "dec.resblocks.", ".convs.0.weight").max(count(ws, "dec.resblocks.", ".convs1.0.weight"));
+        if n_resblocks == 0 || n_resblocks % upsample_rates.len() != 0 {
+            return Err(bad(format!("{n_resblocks} decoder resblocks do not divide into {} stages", upsample_rates.len())));
+        }
+        let (n_speakers, gin) = if ws.contains("emb_g.weight") {
+            (dim(ws, "emb_g.weight", 0)?, dim(ws, "emb_g.weight", 1)?)
+        } else {
+            (1, 0)
+        };
+        Ok(Self {
+            n_vocab: dim(ws, "enc_p.emb.weight", 0)?,
+            hidden_channels: hidden,
+            inter_channels: dim(ws, "enc_p.proj.weight", 0)? / 2,
+            filter_channels: dim(ws, "enc_p.encoder.ffn_layers.0.conv_1.weight", 0)?,
+            n_heads: hidden / k_channels,
+            n_layers,
+            window_size: (dim(ws, rel, 1)? - 1) / 2,
+            stochastic_duration: stochastic,
+            dp_filter_channels: dp_filter,
+            // ConvFlows sit at odd indices; the first (dp.flows.1) only runs in
+            // training, so exports leave it out.
+            dp_n_flows: if stochastic {
+                (3..).step_by(2).take_while(|i| ws.contains(&format!("dp.flows.{i}.pre.weight"))).count() + 1
+            } else {
+                0
+            },
+            flow_n_flows: (0..).take_while(|i| ws.contains(&format!("flow.flows.{}.pre.weight", 2 * i))).count(),
+            flow_n_layers: count(ws, "flow.flows.0.enc.in_layers.", ".weight"),
+            upsample_initial_channel: dim(ws, "dec.conv_pre.weight", 0)?,
+            resblocks_per_stage: n_resblocks / upsample_rates.len(),
+            upsample_rates,
+            n_speakers,
+            gin_channels: gin,
+        })
+    }
+
+    pub fn k_channels(&self) -> usize {
+        self.hidden_channels / self.n_heads
+    }
+}
+
+/// The whole model.
+pub struct Vits {
+    pub config: VitsConfig,
+    pub enc_p: text_encoder::TextEncoder,
+    pub dp: duration::DurationPredictor,
+    pub flow: flow::Flow,
+    pub dec: decoder::Decoder,
+    emb_g: Option<Array>,
+}
+
+/// What the front half of the model produced for one sentence.
+pub struct Latent {
+    /// Frames per phoneme id (VITS's `w_ceil`).
+    pub durations: Vec<u32>,
+    /// Decoder input `[T, C]`, evaluated.
+    pub z: Array,
+}
+
+impl Vits {
+    /// Builds the model from `weights`, taking every weight it uses; any
+    /// weight left over is an error (it would mean a layer was not built).
+    pub fn load(mut ws: Weights) -> Result<Self> {
+        let config = VitsConfig::from_weights(&ws)?;
+        let model = Self {
+            enc_p: text_encoder::TextEncoder::load(&mut ws, &config)?,
+            dp: duration::DurationPredictor::load(&mut ws, &config)?,
+            flow: flow::Flow::load(&mut ws, &config)?,
+            dec: decoder::Decoder::load(&mut ws, &config)?,
+            emb_g: if ws.contains("emb_g.weight") { Some(array(&ws.take("emb_g.weight")?)) } else { None },
+            config,
+        };
+        let unused: Vec<&str> = ws.names().into_iter().filter(|n| !n.starts_with("dp.post_") && !n.starts_with("enc_q.")).collect();
+        if !unused.is_empty() {
+            return Err(bad(format!("weights not used by any layer: {}", unused.join(", "))));
+        }
+        Ok(model)
+    }
+
+    /// Speaker embedding `[1, G]`, or None for single-speaker voices.
+    pub fn speaker(&self, id: u32) -> Result<Option<Array>> {
+        match &self.emb_g {
+            None => Ok(None),
+            Some(emb) => {
+                let idx = Array::from_slice(&[id as i32], &[1]);
+                Ok(Some(emb.take_axis(&idx, 0)?))
+            }
+        }
+    }
+
+    /// Text encoder, durations, alignment expansion, prior sampling and the
+    /// reverse flow: everything before the decoder. Evaluates `z`.
+    pub fn latent(
+        &self,
+        ids: &[i64],
+        g: Option<&Array>,
+        length_scale: f32,
+        noise_scale: f32,
+        noise_w: f32,
+        seed: u64,
+    ) -> Result<Latent> {
+        let key = mlx_rs::random::key(seed)?;
+        let (k_dur, k_prior) = mlx_rs::random::split(&key, 2)?;
+        let enc = self.enc_p.forward(ids)?;
+        let logw = self.dp.forward(&enc.hidden, g, noise_w, &k_dur)?; // [L, 1]
+        let w = ops::scale(&mlx_rs::ops::exp(&logw)?, length_scale)?;
+        let w_ceil = mlx_rs::ops::ceil(&w)?;
+        let durations: Vec<u32> = ops::to_vec(&w_ceil)?.iter().map(|&v| v.max(0.0) as u32).collect();
+
+        // Alignment expansion: frame t takes phoneme i's prior when t falls in i's span.
+        let index: Vec<i32> = durations.iter().enumerate().flat_map(|(i, &d)| std::iter::repeat_n(i as i32, d as usize)).collect();
+        let c = self.config.inter_channels as i32;
+        let (m, logs) = if index.is_empty() {
+            (mlx_rs::ops::zeros::<f32>(&[1, c])?, mlx_rs::ops::zeros::<f32>(&[1, c])?)
+        } else {
+            let idx = Array::from_slice(&index, &[index.len() as i32]);
+            (enc.m_p.take_axis(&idx, 0)?, enc.logs_p.take_axis(&idx, 0)?)
+        };
+        let t = m.shape()[0];
+        let noise = mlx_rs::random::normal::<f32>(&[t, c][..], None, None, &k_prior)?;
+        let z_p = mlx_rs::ops::add(&m, &ops::scale(&mlx_rs::ops::multiply(&noise, &mlx_rs::ops::exp(&logs)?)?, noise_scale)?)?;
+        let z = self.flow.reverse(&z_p, g)?;
+        z.eval()?;
+        Ok(Latent { durations, z })
+    }
+
+    /// Decodes frames `[start, end)` of `z`, reading `context` extra frames
+    /// on each side where they exist; returns exactly `(end - start) * hop`
+    /// samples, equal (up to rounding) to that span of a whole decode.
+    pub fn decode_window(&self, z: &Array, start: usize, end: usize, g: Option<&Array>) -> Result<Array> {
+        let t = z.shape()[0] as usize;
+        let ctx = self.dec.context_frames();
+        let (lo, hi) = (start.saturating_sub(ctx), (end + ctx).min(t));
+        let audio = self.dec.forward(&ops::rows(z, lo as i32, hi as i32)?, g)?;
+        let hop = self.dec.hop();
+        let from = ((start - lo) * hop) as i32;
+        Ok(audio.try_index_range(from, from + ((end - start) * hop) as i32)?)
+    }
+}
+
+trait RangeIndex {
+    fn try_index_range(&self, start: i32, end: i32) -> std::result::Result<Array, mlx_rs::error::Exception>;
+}
+
+impl RangeIndex for Array {
+    fn try_index_range(&self, start: i32, end: i32) -> std::result::Result<Array, mlx_rs::error::Exception> {
+        use mlx_rs::ops::indexing::TryIndexOp;
+        self.try_index(start..end)
+    }
+}

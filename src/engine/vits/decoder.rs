@@ -1,0 +1,115 @@
+//! The HiFi-GAN generator (`dec`): `z [T, C]` -> audio `[T * hop]`.
+//! `conv_pre`, then per upsampling stage a leaky ReLU, a transposed
+//! convolution and the mean of the multi-receptive-field residual blocks,
+//! then `conv_post` and tanh. Weight norm was folded at export.
+use mlx_rs::{ops, Array};
+
+use super::ops::{leaky_relu, scale, Conv1d, ConvTranspose1d, Result};
+use super::VitsConfig;
+use crate::engine::weights::Weights;
+
+const LRELU_SLOPE: f32 = 0.1;
+
+/// Residual block: type 1 (`convs1`/`convs2` pairs) or type 2 (`convs`).
+struct ResBlock {
+    pairs: Vec<(Conv1d, Option<Conv1d>)>,
+}
+
+impl ResBlock {
+    fn load(ws: &mut Weights, p: &str) -> Result<Self> {
+        let count = |ws: &Weights, sub: &str| {
+            ws.names_with_prefix(&format!("{p}.{sub}.")).iter().filter(|n| n.ends_with(".weight")).count()
+        };
+        let pairs = if count(ws, "convs1") > 0 {
+            (0..count(ws, "convs1"))
+                .map(|i| Ok((Conv1d::load(ws, &format!("{p}.convs1.{i}"))?, Some(Conv1d::load(ws, &format!("{p}.convs2.{i}"))?))))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            (0..count(ws, "convs")).map(|i| Ok((Conv1d::load(ws, &format!("{p}.convs.{i}"))?, None))).collect::<Result<Vec<_>>>()?
+        };
+        Ok(Self { pairs })
+    }
+
+    fn radius(&self) -> usize {
+        self.pairs.iter().map(|(a, b)| a.radius() + b.as_ref().map_or(0, |b| b.radius())).sum()
+    }
+
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let mut x = x.clone();
+        for (c1, c2) in &self.pairs {
+            let mut xt = c1.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
+            if let Some(c2) = c2 {
+                xt = c2.forward(&leaky_relu(&xt, LRELU_SLOPE)?)?;
+            }
+            x = ops::add(&xt, &x)?;
+        }
+        Ok(x)
+    }
+}
+
+pub struct Decoder {
+    conv_pre: Conv1d,
+    cond: Option<Conv1d>,
+    ups: Vec<ConvTranspose1d>,
+    resblocks: Vec<Vec<ResBlock>>, // per stage
+    conv_post: Conv1d,
+}
+
+impl Decoder {
+    pub fn load(ws: &mut Weights, cfg: &VitsConfig) -> Result<Self> {
+        let ups = (0..cfg.upsample_rates.len()).map(|i| ConvTranspose1d::load(ws, &format!("dec.ups.{i}"))).collect::<Result<Vec<_>>>()?;
+        let nk = cfg.resblocks_per_stage;
+        let resblocks = (0..ups.len())
+            .map(|i| (0..nk).map(|j| ResBlock::load(ws, &format!("dec.resblocks.{}", i * nk + j))).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            conv_pre: Conv1d::load(ws, "dec.conv_pre")?,
+            cond: if ws.contains("dec.cond.weight") { Some(Conv1d::load(ws, "dec.cond")?) } else { None },
+            ups,
+            resblocks,
+            conv_post: Conv1d::load(ws, "dec.conv_post")?,
+        })
+    }
+
+    /// Samples per frame.
+    pub fn hop(&self) -> usize {
+        self.ups.iter().map(|u| u.stride()).product()
+    }
+
+    /// Input frames each output sample depends on, on each side: enough
+    /// overlap for windowed decoding to equal whole-sentence decoding.
+    pub fn context_frames(&self) -> usize {
+        let mut rate = 1usize;
+        let mut frames = self.conv_pre.radius() as f64;
+        for (up, blocks) in self.ups.iter().zip(&self.resblocks) {
+            frames += 1.0 / rate as f64 + 1.0; // the transposed conv spreads a frame to its neighbour
+            rate *= up.stride();
+            let widest = blocks.iter().map(|b| b.radius()).max().unwrap_or(0);
+            frames += widest as f64 / rate as f64;
+        }
+        frames += self.conv_post.radius() as f64 / rate as f64;
+        frames.ceil() as usize + 1
+    }
+
+    /// `z: [T, C]` -> audio `[T * hop]` in [-1, 1].
+    pub fn forward(&self, z: &Array, g: Option<&Array>) -> Result<Array> {
+        let mut x = self.conv_pre.forward(z)?;
+        if let (Some(cond), Some(g)) = (&self.cond, g) {
+            x = ops::add(&x, &cond.forward(g)?)?;
+        }
+        for (up, blocks) in self.ups.iter().zip(&self.resblocks) {
+            x = up.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
+            let mut xs: Option<Array> = None;
+            for block in blocks {
+                let y = block.forward(&x)?;
+                xs = Some(match xs {
+                    Some(acc) => ops::add(&acc, &y)?,
+                    None => y,
+                });
+            }
+            x = scale(&xs.expect("at least one resblock"), 1.0 / blocks.len() as f32)?;
+        }
+        let x = self.conv_post.forward(&leaky_relu(&x, 0.01)?)?;
+        Ok(ops::tanh(&x)?.reshape(&[-1])?)
+    }
+}

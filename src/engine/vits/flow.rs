@@ -1,0 +1,112 @@
+//! The normalizing flow (`flow`), run in reverse: `z_p [T, C]` -> `z [T, C]`.
+//! Mean-only residual coupling layers, each around a WaveNet-style stack
+//! (`WN`: gated dilated convolutions with residual and skip outputs),
+//! alternating with channel flips.
+use mlx_rs::{ops, Array};
+
+use super::ops::{cols, flip_channels, Conv1d, Result};
+use super::VitsConfig;
+use crate::engine::weights::Weights;
+
+/// WaveNet-like stack: `n` gated layers, hidden `H`, optional speaker conditioning.
+pub struct Wn {
+    in_layers: Vec<Conv1d>,       // [T, H] -> [T, 2H]
+    res_skip_layers: Vec<Conv1d>, // [T, H] -> [T, 2H] (last: [T, H])
+    cond_layer: Option<Conv1d>,   // [1, G] -> [1, 2H*n]
+    hidden: i32,
+}
+
+impl Wn {
+    pub fn load(ws: &mut Weights, p: &str, n_layers: usize) -> Result<Self> {
+        let in_layers = (0..n_layers).map(|i| Conv1d::load(ws, &format!("{p}.in_layers.{i}"))).collect::<Result<Vec<_>>>()?;
+        let res_skip_layers =
+            (0..n_layers).map(|i| Conv1d::load(ws, &format!("{p}.res_skip_layers.{i}"))).collect::<Result<Vec<_>>>()?;
+        let cond_layer = if ws.contains(&format!("{p}.cond_layer.weight")) {
+            Some(Conv1d::load(ws, &format!("{p}.cond_layer"))?)
+        } else {
+            None
+        };
+        let hidden = in_layers[0].c_out as i32 / 2;
+        Ok(Self { in_layers, res_skip_layers, cond_layer, hidden })
+    }
+
+    pub fn forward(&self, x: &Array, g: Option<&Array>) -> Result<Array> {
+        let h = self.hidden;
+        let g = match (&self.cond_layer, g) {
+            (Some(cond), Some(g)) => Some(cond.forward(g)?),
+            _ => None,
+        };
+        let n = self.in_layers.len();
+        let mut x = x.clone();
+        let mut output: Option<Array> = None;
+        for (i, (inl, rs)) in self.in_layers.iter().zip(&self.res_skip_layers).enumerate() {
+            let mut x_in = inl.forward(&x)?;
+            if let Some(g) = &g {
+                x_in = ops::add(&x_in, &cols(g, 2 * h * i as i32, 2 * h * (i as i32 + 1))?)?;
+            }
+            let acts = ops::multiply(&ops::tanh(&cols(&x_in, 0, h)?)?, &ops::sigmoid(&cols(&x_in, h, 2 * h)?)?)?;
+            let res_skip = rs.forward(&acts)?;
+            let skip = if i + 1 < n {
+                x = ops::add(&x, &cols(&res_skip, 0, h)?)?;
+                cols(&res_skip, h, 2 * h)?
+            } else {
+                res_skip
+            };
+            output = Some(match output {
+                Some(o) => ops::add(&o, &skip)?,
+                None => skip,
+            });
+        }
+        Ok(output.expect("WN has at least one layer"))
+    }
+}
+
+/// Mean-only affine coupling: `x1 -= post(WN(pre(x0)))` in reverse.
+struct CouplingLayer {
+    pre: Conv1d,
+    enc: Wn,
+    post: Conv1d,
+    half: i32,
+}
+
+impl CouplingLayer {
+    fn reverse(&self, x: &Array, g: Option<&Array>) -> Result<Array> {
+        let x0 = cols(x, 0, self.half)?;
+        let x1 = cols(x, self.half, 2 * self.half)?;
+        let m = self.post.forward(&self.enc.forward(&self.pre.forward(&x0)?, g)?)?;
+        Ok(ops::concatenate(&[x0, ops::subtract(&x1, &m)?], 1)?)
+    }
+}
+
+pub struct Flow {
+    layers: Vec<CouplingLayer>, // flows.0, flows.2, ... (Flip between them)
+}
+
+impl Flow {
+    pub fn load(ws: &mut Weights, cfg: &VitsConfig) -> Result<Self> {
+        let layers = (0..cfg.flow_n_flows)
+            .map(|i| {
+                let p = format!("flow.flows.{}", 2 * i);
+                let pre = Conv1d::load(ws, &format!("{p}.pre"))?;
+                let half = pre.c_in as i32;
+                Ok(CouplingLayer { pre, enc: Wn::load(ws, &format!("{p}.enc"), cfg.flow_n_layers)?, post: Conv1d::load(ws, &format!("{p}.post"))?, half })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Frames of context each output frame depends on, on each side.
+    pub fn radius(&self) -> usize {
+        self.layers.iter().map(|l| l.enc.in_layers.iter().map(|c| c.radius()).sum::<usize>()).sum()
+    }
+
+    /// Reverse: (Flip, coupling) for the layers last to first.
+    pub fn reverse(&self, z_p: &Array, g: Option<&Array>) -> Result<Array> {
+        let mut x = z_p.clone();
+        for layer in self.layers.iter().rev() {
+            x = flip_channels(&x)?;
+            x = layer.reverse(&x, g)?;
+        }
+        Ok(x)
+    }
+}

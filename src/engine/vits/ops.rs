@@ -1,0 +1,465 @@
+//! Layer primitives for the VITS model, in MLX, batch 1, time-major `[T, C]`.
+//!
+//! Convolutions are written as matrix products on purpose: MLX's CPU backend
+//! runs dilated `conv1d` and `conv_transpose1d` as naive loops, while a GEMM
+//! goes to BLAS. A `K`-tap convolution becomes an im2col matmul
+//! (`[T, K*C_in] @ [K*C_in, C_out]`); a transposed convolution becomes one
+//! matmul followed by an overlap-add of `ceil(K / stride)` shifted blocks.
+//! Weights are converted from PyTorch's `[C_out, C_in, K]` layout here, once,
+//! at load time. Never evaluates anything: callers decide when to `eval`.
+use mlx_rs::ops::indexing::TryIndexOp;
+use mlx_rs::{ops, Array};
+
+use crate::engine::weights::{ConvAttrs, Tensor, Weights};
+use crate::engine::EngineError;
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// An MLX array from a loaded tensor, with its shape.
+pub fn array(t: &Tensor) -> Array {
+    let shape: Vec<i32> = t.shape.iter().map(|&d| d as i32).collect();
+    Array::from_slice(&t.data, &shape)
+}
+
+fn shape_error(name: &str, want: &str, got: &[usize]) -> EngineError {
+    EngineError::VoiceLoad {
+        path: String::new(),
+        reason: format!("weight '{name}' has shape {got:?}, expected {want}"),
+    }
+}
+
+/// Takes `{prefix}.weight` and checks its rank.
+fn take_weight(ws: &mut Weights, prefix: &str, rank: usize) -> Result<Tensor> {
+    let name = format!("{prefix}.weight");
+    let t = ws.take(&name)?;
+    if t.shape.len() != rank {
+        return Err(shape_error(&name, &format!("rank {rank}"), &t.shape));
+    }
+    Ok(t)
+}
+
+fn take_bias(ws: &mut Weights, prefix: &str, channels: usize) -> Result<Option<Array>> {
+    let name = format!("{prefix}.bias");
+    if !ws.contains(&name) {
+        return Ok(None);
+    }
+    let t = ws.take(&name)?;
+    if t.shape != [channels] {
+        return Err(shape_error(&name, &format!("[{channels}]"), &t.shape));
+    }
+    Ok(Some(array(&t)))
+}
+
+/// Permutes a row-major `[d0, d1, d2]` buffer to `[d_perm...]`.
+fn permute3(data: &[f32], dims: [usize; 3], perm: [usize; 3]) -> Vec<f32> {
+    let strides = [dims[1] * dims[2], dims[2], 1];
+    let out_dims = [dims[perm[0]], dims[perm[1]], dims[perm[2]]];
+    let mut out = Vec::with_capacity(data.len());
+    for a in 0..out_dims[0] {
+        for b in 0..out_dims[1] {
+            for c in 0..out_dims[2] {
+                let mut idx = [0usize; 3];
+                idx[perm[0]] = a;
+                idx[perm[1]] = b;
+                idx[perm[2]] = c;
+                out.push(data[idx[0] * strides[0] + idx[1] * strides[1] + idx[2]]);
+            }
+        }
+    }
+    out
+}
+
+/// `x[start..end]` along the time axis.
+pub fn rows(x: &Array, start: i32, end: i32) -> Result<Array> {
+    Ok(x.try_index((start..end, ..))?)
+}
+
+/// `x[:, start..end]` along the channel axis.
+pub fn cols(x: &Array, start: i32, end: i32) -> Result<Array> {
+    Ok(x.try_index((.., start..end))?)
+}
+
+/// Zero-pads the time axis.
+pub fn pad_time(x: &Array, left: i32, right: i32) -> Result<Array> {
+    if left == 0 && right == 0 {
+        return Ok(x.clone());
+    }
+    let widths = [(left, right), (0, 0)];
+    Ok(ops::pad(x, &widths, None, None)?)
+}
+
+/// Inputs with at least this many elements use per-tap accumulation.
+const TAP_ACCUMULATE_ELEMENTS: usize = 1 << 16;
+
+/// A 1-D convolution, stride 1, groups 1, any kernel size and dilation.
+/// Weight `[C_out, C_in, K]` is stored as `[K*C_in, C_out]` (im2col form) and
+/// as `K` taps of `[C_in, C_out]`.
+pub struct Conv1d {
+    weight: Array,
+    taps: Vec<Array>,
+    bias: Option<Array>,
+    kernel: i32,
+    dilation: i32,
+    pad: (i32, i32),
+    pub c_in: usize,
+    pub c_out: usize,
+}
+
+impl Conv1d {
+    /// Loads `{prefix}.weight`/`.bias`; dilation and padding come from the
+    /// graph's Conv node when the weights carry them, else `default`.
+    pub fn load(ws: &mut Weights, prefix: &str) -> Result<Self> {
+        let attrs = ws.conv_attrs(prefix);
+        let w = take_weight(ws, prefix, 3)?;
+        let (c_out, c_in, k) = (w.shape[0], w.shape[1], w.shape[2]);
+        let attrs = attrs.unwrap_or_else(|| ConvAttrs::same(k));
+        if attrs.group != 1 || attrs.stride != 1 {
+            return Err(shape_error(prefix, "a plain convolution (group 1, stride 1)", &w.shape));
+        }
+        let bias = take_bias(ws, prefix, c_out)?;
+        // [C_out, C_in, K] -> [K, C_in, C_out] -> [K*C_in, C_out]
+        let data = permute3(&w.data, [c_out, c_in, k], [2, 1, 0]);
+        let weight = Array::from_slice(&data, &[(k * c_in) as i32, c_out as i32]);
+        let taps = (0..k)
+            .map(|i| Array::from_slice(&data[i * c_in * c_out..(i + 1) * c_in * c_out], &[c_in as i32, c_out as i32]))
+            .collect();
+        Ok(Self {
+            weight,
+            taps,
+            bias,
+            kernel: k as i32,
+            dilation: attrs.dilation as i32,
+            pad: (attrs.pads.0 as i32, attrs.pads.1 as i32),
+            c_in,
+            c_out,
+        })
+    }
+
+    pub fn kernel(&self) -> usize {
+        self.kernel as usize
+    }
+
+    /// Overrides the zero padding (for convs the graph pads explicitly).
+    pub fn with_padding(mut self, left: usize, right: usize) -> Self {
+        self.pad = (left as i32, right as i32);
+        self
+    }
+
+    pub fn dilation(&self) -> usize {
+        self.dilation as usize
+    }
+
+    /// Frames of context this convolution reads on each side.
+    pub fn radius(&self) -> usize {
+        ((self.kernel - 1) * self.dilation) as usize / 2 + 1
+    }
+
+    /// `x: [T, C_in]` -> `[T', C_out]`.
+    ///
+    /// Long inputs (the decoder's late stages) accumulate one GEMM per tap
+    /// into the output: materialising the im2col matrix costs more memory
+    /// traffic there than the GEMMs themselves. Short ones use im2col.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let y = if self.kernel == 1 {
+            ops::matmul(x, &self.weight)?
+        } else if x.shape()[0] as usize * self.c_in >= TAP_ACCUMULATE_ELEMENTS {
+            let xp = pad_time(x, self.pad.0, self.pad.1)?;
+            let t_out = xp.shape()[0] - self.dilation * (self.kernel - 1);
+            let mut y = match &self.bias {
+                Some(b) => ops::addmm(b, &rows(&xp, 0, t_out)?, &self.taps[0], None, None)?,
+                None => ops::matmul(&rows(&xp, 0, t_out)?, &self.taps[0])?,
+            };
+            for (i, w) in self.taps.iter().enumerate().skip(1) {
+                let start = i as i32 * self.dilation;
+                y = ops::addmm(&y, &rows(&xp, start, start + t_out)?, w, None, None)?;
+            }
+            return Ok(y);
+        } else {
+            let xp = pad_time(x, self.pad.0, self.pad.1)?;
+            let t_out = xp.shape()[0] - self.dilation * (self.kernel - 1);
+            let taps = (0..self.kernel)
+                .map(|i| rows(&xp, i * self.dilation, i * self.dilation + t_out))
+                .collect::<Result<Vec<_>>>()?;
+            let im2col = ops::concatenate(&taps, 1)?; // [T', K*C_in]
+            ops::matmul(&im2col, &self.weight)?
+        };
+        Ok(match &self.bias {
+            Some(b) => ops::add(&y, b)?,
+            None => y,
+        })
+    }
+}
+
+/// A depthwise convolution (`groups == channels`), as `K` shifted multiply-adds.
+pub struct DepthwiseConv1d {
+    taps: Vec<Array>, // K x [C]
+    bias: Option<Array>,
+    dilation: i32,
+    pad: (i32, i32),
+}
+
+impl DepthwiseConv1d {
+    pub fn load(ws: &mut Weights, prefix: &str) -> Result<Self> {
+        let attrs = ws.conv_attrs(prefix);
+        let w = take_weight(ws, prefix, 3)?; // [C, 1, K]
+        let (c, one, k) = (w.shape[0], w.shape[1], w.shape[2]);
+        if one != 1 {
+            return Err(shape_error(prefix, "[C, 1, K] (depthwise)", &w.shape));
+        }
+        let attrs = attrs.unwrap_or_else(|| ConvAttrs::same(k));
+        let taps = (0..k)
+            .map(|i| {
+                let col: Vec<f32> = (0..c).map(|ch| w.data[ch * k + i]).collect();
+                Array::from_slice(&col, &[c as i32])
+            })
+            .collect();
+        Ok(Self {
+            taps,
+            bias: take_bias(ws, prefix, c)?,
+            dilation: attrs.dilation as i32,
+            pad: (attrs.pads.0 as i32, attrs.pads.1 as i32),
+        })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let xp = pad_time(x, self.pad.0, self.pad.1)?;
+        let k = self.taps.len() as i32;
+        let t_out = xp.shape()[0] - self.dilation * (k - 1);
+        let mut y: Option<Array> = None;
+        for (i, tap) in self.taps.iter().enumerate() {
+            let start = i as i32 * self.dilation;
+            let term = ops::multiply(&rows(&xp, start, start + t_out)?, tap)?;
+            y = Some(match y {
+                Some(acc) => ops::add(&acc, &term)?,
+                None => term,
+            });
+        }
+        let y = y.expect("kernel has at least one tap");
+        Ok(match &self.bias {
+            Some(b) => ops::add(&y, b)?,
+            None => y,
+        })
+    }
+}
+
+/// A transposed convolution (upsampling by `stride`), as one matmul plus an
+/// overlap-add. Weight `[C_in, C_out, K]` is zero-padded to `K' = m * stride`
+/// taps and stored as `[C_in, m*stride*C_out]`.
+pub struct ConvTranspose1d {
+    weight: Array,
+    bias: Option<Array>,
+    stride: i32,
+    kernel: i32,
+    blocks: i32, // m
+    pad: i32,
+    pub c_out: usize,
+}
+
+impl ConvTranspose1d {
+    pub fn load(ws: &mut Weights, prefix: &str) -> Result<Self> {
+        let attrs = ws.conv_attrs(prefix);
+        let w = take_weight(ws, prefix, 3)?;
+        let (c_in, c_out, k) = (w.shape[0], w.shape[1], w.shape[2]);
+        let attrs = attrs.ok_or_else(|| EngineError::VoiceLoad {
+            path: String::new(),
+            reason: format!("no stride/padding recorded for transposed convolution '{prefix}'"),
+        })?;
+        if attrs.pads.0 != attrs.pads.1 || attrs.group != 1 || attrs.dilation != 1 {
+            return Err(shape_error(prefix, "symmetric padding, group 1, dilation 1", &w.shape));
+        }
+        let s = attrs.stride;
+        let m = k.div_ceil(s);
+        // [C_in, C_out, K] -> [C_in, K, C_out], taps padded to m*s.
+        let mut data = permute3(&w.data, [c_in, c_out, k], [0, 2, 1]);
+        if m * s != k {
+            let mut padded = vec![0.0f32; c_in * m * s * c_out];
+            for ci in 0..c_in {
+                let src = &data[ci * k * c_out..(ci + 1) * k * c_out];
+                padded[ci * m * s * c_out..ci * m * s * c_out + k * c_out].copy_from_slice(src);
+            }
+            data = padded;
+        }
+        let weight = Array::from_slice(&data, &[c_in as i32, (m * s * c_out) as i32]);
+        Ok(Self {
+            weight,
+            bias: take_bias(ws, prefix, c_out)?,
+            stride: s as i32,
+            kernel: k as i32,
+            blocks: m as i32,
+            pad: attrs.pads.0 as i32,
+            c_out,
+        })
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride as usize
+    }
+
+    /// `x: [T, C_in]` -> `[(T-1)*stride - 2*pad + K, C_out]`.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let t = x.shape()[0];
+        let (s, m, c) = (self.stride, self.blocks, self.c_out as i32);
+        // y[t, i, r, :] is what input frame t adds at output t*s + i*s + r.
+        let y = ops::matmul(x, &self.weight)?.reshape(&[t, m, s * c])?;
+        let mut full: Option<Array> = None;
+        for i in 0..m {
+            let block = y.try_index((.., i, ..))?; // [T, s*C]
+            let shifted = pad_time(&block, i, m - 1 - i)?; // [T+m-1, s*C]
+            full = Some(match full {
+                Some(acc) => ops::add(&acc, &shifted)?,
+                None => shifted,
+            });
+        }
+        let full = full.expect("at least one block").reshape(&[(t + m - 1) * s, c])?;
+        let len = (t - 1) * s - 2 * self.pad + self.kernel;
+        let out = rows(&full, self.pad, self.pad + len)?;
+        Ok(match &self.bias {
+            Some(b) => ops::add(&out, b)?,
+            None => out,
+        })
+    }
+}
+
+/// Layer norm over channels (VITS's `LayerNorm`, eps 1e-5).
+pub struct LayerNorm {
+    gamma: Array,
+    beta: Array,
+}
+
+impl LayerNorm {
+    pub fn load(ws: &mut Weights, prefix: &str, channels: usize) -> Result<Self> {
+        let g = ws.take(&format!("{prefix}.gamma"))?;
+        let b = ws.take(&format!("{prefix}.beta"))?;
+        if g.shape != [channels] || b.shape != [channels] {
+            return Err(shape_error(prefix, &format!("[{channels}]"), &g.shape));
+        }
+        Ok(Self { gamma: array(&g), beta: array(&b) })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        Ok(mlx_rs::fast::layer_norm(x, &self.gamma, &self.beta, 1e-5)?)
+    }
+}
+
+/// Exact (erf) GELU, as PyTorch's default.
+pub fn gelu(x: &Array) -> Result<Array> {
+    let half = Array::from_f32(0.5);
+    let inv_sqrt2 = Array::from_f32(std::f32::consts::FRAC_1_SQRT_2);
+    let e = ops::erf(&ops::multiply(x, &inv_sqrt2)?)?;
+    Ok(ops::multiply(&ops::multiply(x, &half)?, &ops::add(&e, &Array::from_f32(1.0))?)?)
+}
+
+pub fn leaky_relu(x: &Array, slope: f32) -> Result<Array> {
+    Ok(ops::maximum(x, &ops::multiply(x, &Array::from_f32(slope))?)?)
+}
+
+pub fn relu(x: &Array) -> Result<Array> {
+    Ok(ops::maximum(x, &Array::from_f32(0.0))?)
+}
+
+pub fn scale(x: &Array, k: f32) -> Result<Array> {
+    Ok(ops::multiply(x, &Array::from_f32(k))?)
+}
+
+/// Reverses the channel axis (VITS's `Flip`).
+pub fn flip_channels(x: &Array) -> Result<Array> {
+    let c = x.shape()[1];
+    let idx: Vec<i32> = (0..c).rev().collect();
+    Ok(x.take_axis(&Array::from_slice(&idx, &[c]), 1)?)
+}
+
+/// Evaluates and copies a float array to the host (row-major).
+pub fn to_vec(x: &Array) -> Result<Vec<f32>> {
+    let x = x.contiguous()?;
+    x.eval()?;
+    x.try_as_slice::<f32>().map(<[f32]>::to_vec).map_err(|e| EngineError::Mlx(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(shape: &[usize], f: impl Fn(usize) -> f32) -> Tensor {
+        let n = shape.iter().product();
+        Tensor { shape: shape.to_vec(), data: (0..n).map(f).collect() }
+    }
+
+    /// Direct (loop) convolution in PyTorch's layout, the reference for the matmul forms.
+    fn conv_ref(x: &[f32], t: usize, c_in: usize, w: &Tensor, b: &[f32], dil: usize, pad: usize) -> Vec<f32> {
+        let (c_out, k) = (w.shape[0], w.shape[2]);
+        let t_out = t + 2 * pad - dil * (k - 1);
+        let mut y = vec![0.0; t_out * c_out];
+        for o in 0..t_out {
+            for co in 0..c_out {
+                let mut acc = b[co];
+                for ci in 0..c_in {
+                    for kk in 0..k {
+                        let src = o as isize + (kk * dil) as isize - pad as isize;
+                        if src >= 0 && (src as usize) < t {
+                            acc += x[src as usize * c_in + ci] * w.data[(co * c_in + ci) * k + kk];
+                        }
+                    }
+                }
+                y[o * c_out + co] = acc;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn dilated_conv_matches_direct_convolution() {
+        // Short input (im2col) and long input (per-tap accumulation).
+        for t in [23, (TAP_ACCUMULATE_ELEMENTS / 5) + 7] {
+            check_conv(t);
+        }
+    }
+
+    fn check_conv(t: usize) {
+        let (c_in, c_out, k, dil) = (5, 4, 7, 3);
+        let pad = dil * (k - 1) / 2;
+        let w = tensor(&[c_out, c_in, k], |i| ((i * 37 % 17) as f32 - 8.0) / 10.0);
+        let b = tensor(&[c_out], |i| i as f32 * 0.1);
+        let x: Vec<f32> = (0..t * c_in).map(|i| ((i * 13 % 11) as f32 - 5.0) / 7.0).collect();
+        let mut ws = Weights::from_tensors([("c.weight".into(), w.clone()), ("c.bias".into(), b.clone())]);
+        ws.set_conv_attrs("c", ConvAttrs { dilation: dil, pads: (pad, pad), stride: 1, group: 1 });
+        let conv = Conv1d::load(&mut ws, "c").unwrap();
+        let y = to_vec(&conv.forward(&Array::from_slice(&x, &[t as i32, c_in as i32])).unwrap()).unwrap();
+        let want = conv_ref(&x, t, c_in, &w, &b.data, dil, pad);
+        assert_eq!(y.len(), want.len());
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn transposed_conv_matches_scatter_definition() {
+        for (k, s, pad) in [(16usize, 8usize, 4usize), (8, 4, 2), (7, 3, 2)] {
+            let (t, c_in, c_out) = (9, 3, 2);
+            let w = tensor(&[c_in, c_out, k], |i| ((i * 29 % 13) as f32 - 6.0) / 9.0);
+            let x: Vec<f32> = (0..t * c_in).map(|i| ((i * 7 % 5) as f32 - 2.0) / 3.0).collect();
+            let mut ws = Weights::from_tensors([("u.weight".into(), w.clone())]);
+            ws.set_conv_attrs("u", ConvAttrs { dilation: 1, pads: (pad, pad), stride: s, group: 1 });
+            let up = ConvTranspose1d::load(&mut ws, "u").unwrap();
+            let y = to_vec(&up.forward(&Array::from_slice(&x, &[t as i32, c_in as i32])).unwrap()).unwrap();
+            let len = (t - 1) * s + k - 2 * pad;
+            let mut want = vec![0.0f32; len * c_out];
+            for ti in 0..t {
+                for j in 0..k {
+                    let o = (ti * s + j) as isize - pad as isize;
+                    if o < 0 || o as usize >= len {
+                        continue;
+                    }
+                    for co in 0..c_out {
+                        for ci in 0..c_in {
+                            want[o as usize * c_out + co] += x[ti * c_in + ci] * w.data[(ci * c_out + co) * k + j];
+                        }
+                    }
+                }
+            }
+            assert_eq!(y.len(), want.len(), "k={k} s={s}");
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "k={k} s={s}: {a} vs {b}");
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The text encoder (`enc_p`): phoneme embedding, a Transformer encoder with
+//! relative-position self-attention (window `W`, heads sharing one relative
+//! table), and a 1x1 projection to the prior's mean and log-std.
+//!
+//! Shapes (batch 1, time-major): ids `[L]` -> hidden `[L, H]` ->
+//! `m_p`, `logs_p` `[L, C]` (C = inter channels, H = hidden channels).
+use mlx_rs::{ops, Array};
+
+use super::ops::{array, cols, relu, scale, Conv1d, LayerNorm, Result};
+use super::VitsConfig;
+use crate::engine::weights::Weights;
+
+/// Named outputs of the encoder.
+pub struct Encoded {
+    pub hidden: Array, // [L, H]
+    pub m_p: Array,    // [L, C]
+    pub logs_p: Array, // [L, C]
+}
+
+pub struct TextEncoder {
+    emb: Array, // [n_vocab, H]
+    hidden: usize,
+    layers: Vec<EncoderLayer>,
+    proj: Conv1d,
+    inter: usize,
+}
+
+struct EncoderLayer {
+    attn: MultiHeadAttention,
+    norm_1: LayerNorm,
+    ffn: Ffn,
+    norm_2: LayerNorm,
+}
+
+impl TextEncoder {
+    pub fn load(ws: &mut Weights, cfg: &VitsConfig) -> Result<Self> {
+        let emb = ws.take("enc_p.emb.weight")?;
+        let layers = (0..cfg.n_layers)
+            .map(|i| {
+                let p = "enc_p.encoder";
+                Ok(EncoderLayer {
+                    attn: MultiHeadAttention::load(ws, &format!("{p}.attn_layers.{i}"), cfg)?,
+                    norm_1: LayerNorm::load(ws, &format!("{p}.norm_layers_1.{i}"), cfg.hidden_channels)?,
+                    ffn: Ffn::load(ws, &format!("{p}.ffn_layers.{i}"))?,
+                    norm_2: LayerNorm::load(ws, &format!("{p}.norm_layers_2.{i}"), cfg.hidden_channels)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            emb: array(&emb),
+            hidden: cfg.hidden_channels,
+            layers,
+            proj: Conv1d::load(ws, "enc_p.proj")?,
+            inter: cfg.inter_channels,
+        })
+    }
+
+    pub fn forward(&self, ids: &[i64]) -> Result<Encoded> {
+        let idx: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        let idx = Array::from_slice(&idx, &[idx.len() as i32]);
+        let mut x = scale(&self.emb.take_axis(&idx, 0)?, (self.hidden as f32).sqrt())?;
+        for layer in &self.layers {
+            let y = layer.attn.forward(&x)?;
+            x = layer.norm_1.forward(&ops::add(&x, &y)?)?;
+            let y = layer.ffn.forward(&x)?;
+            x = layer.norm_2.forward(&ops::add(&x, &y)?)?;
+        }
+        let stats = self.proj.forward(&x)?; // [L, 2C]
+        let c = self.inter as i32;
+        Ok(Encoded { m_p: cols(&stats, 0, c)?, logs_p: cols(&stats, c, 2 * c)?, hidden: x })
+    }
+}
+
+/// Self-attention with relative position embeddings for keys and values.
+/// `emb_rel_k`/`emb_rel_v`: `[1, 2W+1, d_k]`; offsets beyond `W` get none.
+struct MultiHeadAttention {
+    conv_q: Conv1d,
+    conv_k: Conv1d,
+    conv_v: Conv1d,
+    conv_o: Conv1d,
+    emb_rel_k: Array, // [2W+1, d_k]
+    emb_rel_v: Array, // [2W+1, d_k]
+    n_heads: i32,
+    k_channels: i32,
+    window: i32,
+}
+
+impl MultiHeadAttention {
+    fn load(ws: &mut Weights, p: &str, cfg: &VitsConfig) -> Result<Self> {
+        let rel = |ws: &mut Weights, name: &str| -> Result<Array> {
+            let t = ws.take(&format!("{p}.{name}"))?;
+            Ok(array(&t).reshape(&[(2 * cfg.window_size + 1) as i32, cfg.k_channels() as i32])?)
+        };
+        Ok(Self {
+            conv_q: Conv1d::load(ws, &format!("{p}.conv_q"))?,
+            conv_k: Conv1d::load(ws, &format!("{p}.conv_k"))?,
+            conv_v: Conv1d::load(ws, &format!("{p}.conv_v"))?,
+            conv_o: Conv1d::load(ws, &format!("{p}.conv_o"))?,
+            emb_rel_k: rel(ws, "emb_rel_k")?,
+            emb_rel_v: rel(ws, "emb_rel_v")?,
+            n_heads: cfg.n_heads as i32,
+            k_channels: cfg.k_channels() as i32,
+            window: cfg.window_size as i32,
+        })
+    }
+
+    /// `[L, H]` -> `[n_heads, L, d_k]`.
+    fn heads(&self, x: &Array) -> Result<Array> {
+        let l = x.shape()[0];
+        Ok(x.reshape(&[l, self.n_heads, self.k_channels])?.transpose_axes(&[1, 0, 2])?)
+    }
+
+    fn forward(&self, x: &Array) -> Result<Array> {
+        let l = x.shape()[0];
+        let w = self.window;
+        let q = scale(&self.heads(&self.conv_q.forward(x)?)?, 1.0 / (self.k_channels as f32).sqrt())?;
+        let k = self.heads(&self.conv_k.forward(x)?)?;
+        let v = self.heads(&self.conv_v.forward(x)?)?;
+
+        // Absolute scores plus relative-key logits: rel[h, i, j] = q_i . E_k[j - i] for |j - i| <= W.
+        let mut scores = ops::matmul(&q, &k.transpose_axes(&[0, 2, 1])?)?; // [h, L, L]
+        let q_rel = ops::matmul(&q, &self.emb_rel_k.t())?; // [h, L, 2W+1]
+        let (to_rel, rel_valid) = band_indices(l, |i, j| j - i + w, 2 * w + 1, l);
+        let local = q_rel.take_along_axis(&broadcast_heads(&to_rel, self.n_heads, l, l)?, -1)?;
+        scores = ops::add(&scores, &ops::multiply(&local, &rel_valid)?)?;
+
+        let p = ops::softmax_axis(&scores, -1, None)?; // [h, L, L]
+        let mut out = ops::matmul(&p, &v)?; // [h, L, d_k]
+        // Relative values: weight of offset r for query i is p[h, i, i + r - W].
+        let (to_abs, abs_valid) = band_indices(l, |i, r| i + r - w, l, 2 * w + 1);
+        let rel_w = ops::multiply(
+            &p.take_along_axis(&broadcast_heads(&to_abs, self.n_heads, l, 2 * w + 1)?, -1)?,
+            &abs_valid,
+        )?; // [h, L, 2W+1]
+        out = ops::add(&out, &ops::matmul(&rel_w, &self.emb_rel_v)?)?;
+
+        let out = out.transpose_axes(&[1, 0, 2])?.reshape(&[l, self.n_heads * self.k_channels])?;
+        self.conv_o.forward(&out)
+    }
+}
+
+/// For rows `i < L` and columns `c < n_cols`, the index `f(i, c)` clamped to
+/// `[0, limit)` and a 0/1 mask saying whether it was in range.
+fn band_indices(l: i32, f: impl Fn(i32, i32) -> i32, limit: i32, n_cols: i32) -> (Array, Array) {
+    let mut idx = Vec::with_capacity((l * n_cols) as usize);
+    let mut valid = Vec::with_capacity((l * n_cols) as usize);
+    for i in 0..l {
+        for c in 0..n_cols {
+            let v = f(i, c);
+            let ok = (0..limit).contains(&v);
+            idx.push(v.clamp(0, limit - 1));
+            valid.push(if ok { 1.0f32 } else { 0.0 });
+        }
+    }
+    (Array::from_slice(&idx, &[l, n_cols]), Array::from_slice(&valid, &[l, n_cols]))
+}
+
+fn broadcast_heads(idx: &Array, heads: i32, rows: i32, cols: i32) -> Result<Array> {
+    Ok(ops::broadcast_to(idx, &[heads, rows, cols])?)
+}
+
+/// Position-wise feed-forward: conv (same padding) -> ReLU -> conv.
+struct Ffn {
+    conv_1: Conv1d,
+    conv_2: Conv1d,
+}
+
+impl Ffn {
+    fn load(ws: &mut Weights, p: &str) -> Result<Self> {
+        // The graph pads explicitly before these convs ("same" padding), so
+        // their own padding attribute is 0.
+        let same = |c: Conv1d| {
+            let k = c.kernel();
+            c.with_padding((k - 1) / 2, k / 2)
+        };
+        Ok(Self {
+            conv_1: same(Conv1d::load(ws, &format!("{p}.conv_1"))?),
+            conv_2: same(Conv1d::load(ws, &format!("{p}.conv_2"))?),
+        })
+    }
+
+    fn forward(&self, x: &Array) -> Result<Array> {
+        self.conv_2.forward(&relu(&self.conv_1.forward(x)?)?)
+    }
+}
