@@ -27,6 +27,9 @@ pub struct Job {
     pub noise_scale: Option<f32>,
     pub noise_w: Option<f32>,
     pub seed: Option<u64>,
+    /// Decoder windows as soon as ready (not peak-normalised) instead of
+    /// whole sentences.
+    pub stream: bool,
     /// Time left until the request's deadline when the job was sent.
     pub remaining_ms: u64,
     pub fault: Option<Fault>,

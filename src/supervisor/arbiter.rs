@@ -723,6 +723,7 @@ impl Arbiter {
                 noise_scale: p.req.noise_scale,
                 noise_w: p.req.noise_w,
                 seed: p.req.seed,
+                stream: p.req.stream,
                 remaining_ms: p.deadline.duration_since(now).as_millis().max(1) as u64,
                 fault: p.req.fault,
             };

@@ -49,10 +49,16 @@ pub fn check(
             }
         }
     }
-    for (what, v) in [("length_scale", req.length_scale), ("noise_scale", req.noise_scale), ("noise_w", req.noise_w)] {
+    if let Some(v) = req.length_scale {
+        if !v.is_finite() || v <= 0.0 {
+            return bad(format!("length_scale must be a finite number above 0, got {v}"));
+        }
+    }
+    // 0 is a valid noise scale (deterministic output), as in Piper.
+    for (what, v) in [("noise_scale", req.noise_scale), ("noise_w", req.noise_w)] {
         if let Some(v) = v {
-            if !v.is_finite() || v <= 0.0 {
-                return bad(format!("{what} must be a finite number above 0, got {v}"));
+            if !v.is_finite() || v < 0.0 {
+                return bad(format!("{what} must be a finite number >= 0, got {v}"));
             }
         }
     }
@@ -107,8 +113,12 @@ mod tests {
         assert_eq!(code(SynthRequest { voice: Some("bob".into()), ..t("Hi") }), ErrorCode::UnknownVoice);
         for bad in [f32::NAN, f32::INFINITY, 0.0, -1.0] {
             assert_eq!(code(SynthRequest { length_scale: Some(bad), ..t("Hi") }), ErrorCode::BadRequest);
-            assert_eq!(code(SynthRequest { noise_w: Some(bad), ..t("Hi") }), ErrorCode::BadRequest);
         }
+        for bad in [f32::NAN, f32::NEG_INFINITY, -0.5] {
+            assert_eq!(code(SynthRequest { noise_w: Some(bad), ..t("Hi") }), ErrorCode::BadRequest);
+            assert_eq!(code(SynthRequest { noise_scale: Some(bad), ..t("Hi") }), ErrorCode::BadRequest);
+        }
+        assert!(run(SynthRequest { noise_scale: Some(0.0), ..t("Hi") }, false).is_ok());
         assert_eq!(code(SynthRequest { speaker: Some(1), ..t("Hi") }), ErrorCode::BadRequest);
         assert_eq!(code(SynthRequest { input: Input::PhonemeIds(vec![]), ..t("") }), ErrorCode::BadRequest);
         assert_eq!(code(SynthRequest { input: Input::PhonemeIds(vec![1, 256]), ..t("") }), ErrorCode::BadRequest);

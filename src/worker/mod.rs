@@ -158,14 +158,16 @@ fn run_job(engine: &mut Engine, chan: &Channel, alarm: &Alarm, job: &Job, heartb
             Input::Text(t) => SynthInput::Text(t.clone()),
             Input::PhonemeIds(ids) => SynthInput::PhonemeIds(ids.clone()),
         };
-        let d = SynthParams::default();
+        // Unset scales take the voice's own defaults (its `inference` block).
+        let d = engine.voice(&job.voice).map(|v| v.config());
         let params = SynthParams {
             speaker: job.speaker,
-            length_scale: job.length_scale.unwrap_or(d.length_scale),
-            noise_scale: job.noise_scale.unwrap_or(d.noise_scale),
-            noise_w: job.noise_w.unwrap_or(d.noise_w),
+            length_scale: job.length_scale.or(d.map(|c| c.length_scale)).unwrap_or(1.0),
+            noise_scale: job.noise_scale.or(d.map(|c| c.noise_scale)).unwrap_or(0.667),
+            noise_w: job.noise_w.or(d.map(|c| c.noise_w)).unwrap_or(0.8),
             seed: job.seed,
             raw: false,
+            stream: job.stream,
         };
         let sample_rate = engine.voice(&job.voice).map(|v| v.info().sample_rate).unwrap_or(0);
         let mut on_chunk = |c: Chunk| -> Result<(), EngineError> {
