@@ -34,6 +34,8 @@ pub fn apply(fault: Option<Fault>, cancelled: &dyn Fn() -> bool) -> Result<(), E
             for i in (0..v.len()).step_by(4096) {
                 v[i] = 1;
             }
+            // Keep the optimiser from eliding the never-read allocation.
+            std::hint::black_box(&mut v);
             std::mem::forget(v);
             Ok(())
         }
