@@ -91,6 +91,51 @@ mod protocol_rules {
     }
 
     #[test]
+    fn connections_over_max_connections_are_refused_with_overloaded() {
+        let d = Daemon::start("max_connections = 2");
+        let mut a = d.client();
+        let _b = d.client();
+        let mut s = raw(&d);
+        match read(&mut s) {
+            Some(Reply::Error { id: None, code: ErrorCode::Overloaded, message }) => assert!(message.contains("connections")),
+            other => panic!("{other:?}"),
+        }
+        assert!(read(&mut s).is_none());
+        a.health().unwrap();
+        drop(a);
+        // A slot frees up when a connection closes.
+        let t = Instant::now();
+        while Client::connect(&d.socket).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(2));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn peers_of_other_users_are_refused_with_permission_denied() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::getuid().is_root() {
+            eprintln!("skipped: needs root to connect as another uid");
+            return;
+        }
+        let d = Daemon::start("");
+        // Open the file permissions so that only SO_PEERCRED stands in the way.
+        std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ttsctl"))
+            .args(["--socket", d.socket.to_str().unwrap(), "health"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("permission_denied"), "{err}");
+        assert_eq!(out.status.code(), Some(1));
+        d.client().health().unwrap();
+    }
+
+    #[test]
     fn one_daemon_per_socket_and_stale_sockets_are_replaced() {
         let mut d = Daemon::start("");
         let cfg = d.dir.path().join("daemon.toml");
