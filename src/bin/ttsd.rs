@@ -1,12 +1,24 @@
-//! The ttsd binary (owned by the daemon helper; keep `--version` and `synth`).
+//! The ttsd binary: argument parsing and glue only. Default: the daemon
+//! (supervisor); `synth`: in-process synthesis; `worker` (hidden): a worker
+//! process, started by the supervisor only. It never does work of its own.
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "ttsd", disable_version_flag = true)]
+#[command(name = "ttsd", disable_version_flag = true, about = "Local text-to-speech daemon")]
 struct Cli {
     /// Print ttsd, MLX, device and BLAS versions.
     #[arg(long)]
     version: bool,
+    /// Configuration file (default: ./daemon.toml if present, else built-in defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Socket path, overriding the configuration.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Number of worker processes, overriding the configuration (0: one per core).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -15,6 +27,9 @@ struct Cli {
 enum Command {
     /// Synthesize in-process, without a daemon.
     Synth(ttsd::synth_cli::SynthArgs),
+    /// Worker process (started by the daemon; its channel is stdin).
+    #[command(hide = true)]
+    Worker,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,6 +40,16 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Some(Command::Synth(args)) => ttsd::synth_cli::run(args),
-        None => Ok(()),
+        Some(Command::Worker) => std::process::exit(ttsd::worker::run()),
+        None => {
+            let (mut cfg, path) = ttsd::config::Config::discover(cli.config.as_deref())?;
+            let overrides = ttsd::config::Overrides { socket: cli.socket, workers: cli.workers };
+            cfg.apply(&overrides)?;
+            if let Err(e) = ttsd::supervisor::run(cfg, path, overrides) {
+                ttsd::logln!("ttsd: {e}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }

@@ -1,4 +1,25 @@
-//! Worker process (owned by the daemon helper).
+//! A worker process: loads the voices, then runs synthesis jobs one at a
+//! time on its main thread, streaming chunks and heartbeats to the supervisor.
+//!
+//! Started by the supervisor as `ttsd worker` with its socketpair end as
+//! stdin. It owns the engine; it must never start a thread or call the
+//! engine anywhere but the main thread (MLX and espeak-ng are not
+//! thread-safe). Timeouts come from SIGALRM ([`alarm`]); cancels arrive as
+//! messages, read without blocking whenever the engine polls `cancelled`.
+pub mod alarm;
+pub mod channel;
+mod fault;
+
+use crate::engine::{Chunk, Engine, EngineError, SynthInput, SynthParams, VoiceInfo};
+use crate::protocol::worker::{FromWorker, Job, ToWorker, EXIT_CHANNEL, EXIT_LOAD_FAILED};
+use crate::protocol::{ErrorCode, Input, VoiceDesc};
+use alarm::Alarm;
+use channel::{Channel, ChannelError};
+use std::cell::Cell;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Panics (in debug builds and tests) unless called on the process's main thread.
 pub fn assert_main_thread() {
@@ -7,5 +28,227 @@ pub fn assert_main_thread() {
         let tid = nix::unistd::gettid();
         let pid = nix::unistd::getpid();
         assert_eq!(tid.as_raw(), pid.as_raw(), "engine called off the main thread");
+    }
+}
+
+macro_rules! wlog {
+    ($($a:tt)*) => { crate::logln!("ttsd worker[{}]: {}", std::process::id(), format!($($a)*)) };
+}
+
+/// The worker's main: returns the process exit code.
+pub fn run() -> i32 {
+    assert_main_thread();
+    // SAFETY: the supervisor hands the socketpair end over as fd 0, and
+    // nothing else in this process uses stdin.
+    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(0) });
+    let chan = Channel::new(stream);
+    let alarm = match Alarm::install() {
+        Ok(a) => a,
+        Err(e) => {
+            wlog!("cannot install the SIGALRM handler: {e}");
+            return EXIT_CHANNEL;
+        }
+    };
+    let (voices, heartbeat) = loop {
+        match chan.recv_timeout(Duration::from_secs(3600)) {
+            Ok(Some(ToWorker::Init { voices, heartbeat_ms })) => break (voices, Duration::from_millis(heartbeat_ms)),
+            Ok(None) => continue,
+            Ok(Some(other)) => {
+                wlog!("expected Init, got {other:?}");
+                return EXIT_CHANNEL;
+            }
+            Err(e) => {
+                wlog!("{e}");
+                return EXIT_CHANNEL;
+            }
+        }
+    };
+    let mut engine = Engine::new();
+    for v in &voices {
+        assert_main_thread();
+        if let Err(e) = engine.load_voice(&v.name, Path::new(&v.path)) {
+            wlog!("cannot load voice '{}': {e}", v.name);
+            let _ = chan.send(&FromWorker::LoadFailed { voice: v.name.clone(), reason: e.to_string() });
+            return EXIT_LOAD_FAILED;
+        }
+    }
+    let ready = engine.voices().map(|i| (i.name.clone(), describe(i))).collect();
+    if chan.send(&FromWorker::Ready { voices: ready }).is_err() {
+        return EXIT_CHANNEL;
+    }
+    let mut last_beat = Instant::now();
+    loop {
+        if last_beat.elapsed() >= heartbeat {
+            if chan.send(&heartbeat_msg()).is_err() {
+                return EXIT_CHANNEL;
+            }
+            last_beat = Instant::now();
+        }
+        let wait = heartbeat.saturating_sub(last_beat.elapsed());
+        match chan.recv_timeout(wait) {
+            Ok(None) | Ok(Some(ToWorker::Cancel { .. })) => {}
+            Ok(Some(ToWorker::Job(job))) => {
+                match run_job(&mut engine, &chan, &alarm, &job, heartbeat) {
+                    Ok(JobEnd::Continue) => {}
+                    Ok(JobEnd::Stop) => return 0,
+                    Err(e) => {
+                        wlog!("{e}");
+                        return EXIT_CHANNEL;
+                    }
+                }
+                last_beat = Instant::now();
+            }
+            Ok(Some(ToWorker::Stop)) => return 0,
+            Ok(Some(ToWorker::Init { .. })) => {
+                wlog!("second Init");
+                return EXIT_CHANNEL;
+            }
+            // The supervisor is gone: nobody to work for.
+            Err(ChannelError::Closed) => return 0,
+            Err(e) => {
+                wlog!("{e}");
+                return EXIT_CHANNEL;
+            }
+        }
+    }
+}
+
+enum JobEnd {
+    Continue,
+    /// A Stop arrived during the job.
+    Stop,
+}
+
+fn run_job(engine: &mut Engine, chan: &Channel, alarm: &Alarm, job: &Job, heartbeat: Duration) -> Result<JobEnd, ChannelError> {
+    let cancel = Cell::new(false);
+    let stop = Cell::new(false);
+    let broken = Cell::new(false);
+    let last_beat = Cell::new(Instant::now());
+    alarm.arm(job.remaining_ms);
+    // Polled by the engine between sentences, chunks and model stages: reads
+    // pending messages without blocking and keeps the heartbeat going.
+    let cancelled = || -> bool {
+        if alarm.fired() {
+            return true;
+        }
+        loop {
+            match chan.try_recv() {
+                Ok(Some(ToWorker::Cancel { job: j })) if j == job.job => cancel.set(true),
+                Ok(Some(ToWorker::Stop)) => stop.set(true),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    broken.set(true);
+                    cancel.set(true);
+                    break;
+                }
+            }
+        }
+        if last_beat.get().elapsed() >= heartbeat {
+            if chan.send(&heartbeat_msg()).is_err() {
+                broken.set(true);
+                cancel.set(true);
+            }
+            last_beat.set(Instant::now());
+        }
+        cancel.get()
+    };
+    let result = fault::apply(job.fault, &cancelled).and_then(|()| {
+        let input = match &job.input {
+            Input::Text(t) => SynthInput::Text(t.clone()),
+            Input::PhonemeIds(ids) => SynthInput::PhonemeIds(ids.clone()),
+        };
+        // Unset scales take the voice's own defaults (its `inference` block).
+        let d = engine.voice(&job.voice).map(|v| v.config());
+        let params = SynthParams {
+            speaker: job.speaker,
+            length_scale: job.length_scale.or(d.map(|c| c.length_scale)).unwrap_or(1.0),
+            noise_scale: job.noise_scale.or(d.map(|c| c.noise_scale)).unwrap_or(0.667),
+            noise_w: job.noise_w.or(d.map(|c| c.noise_w)).unwrap_or(0.8),
+            seed: job.seed,
+            raw: false,
+            stream: job.stream,
+        };
+        let sample_rate = engine.voice(&job.voice).map(|v| v.info().sample_rate).unwrap_or(0);
+        let mut on_chunk = |c: Chunk| -> Result<(), EngineError> {
+            let msg = FromWorker::Chunk { job: job.job, sample_rate, samples: c.samples };
+            chan.send(&msg).map_err(|e| EngineError::Output(e.to_string()))
+        };
+        assert_main_thread();
+        engine.synthesize(&job.voice, &input, &params, &cancelled, &mut on_chunk)
+    });
+    let timed_out = alarm.disarm();
+    if broken.get() {
+        return Err(ChannelError::Closed);
+    }
+    let reply = match result {
+        Ok(s) => FromWorker::JobDone {
+            job: job.job,
+            samples: s.samples as u64,
+            sample_rate: s.sample_rate,
+            synth_ms: (s.synth_seconds * 1000.0).round() as u64,
+        },
+        Err(e) => {
+            let (code, message) = error_code(&e, timed_out, job.remaining_ms);
+            FromWorker::JobFailed { job: job.job, code, message }
+        }
+    };
+    chan.send(&reply)?;
+    chan.send(&heartbeat_msg())?;
+    Ok(if stop.get() { JobEnd::Stop } else { JobEnd::Continue })
+}
+
+/// The protocol error for an engine error.
+fn error_code(e: &EngineError, timed_out: bool, budget_ms: u64) -> (ErrorCode, String) {
+    match e {
+        EngineError::Cancelled if timed_out => (ErrorCode::Timeout, format!("deadline passed ({budget_ms} ms left at dispatch)")),
+        EngineError::Cancelled => (ErrorCode::Cancelled, "cancelled".into()),
+        EngineError::InvalidInput(_) => (ErrorCode::BadRequest, e.to_string()),
+        EngineError::UnknownVoice(_) => (ErrorCode::UnknownVoice, e.to_string()),
+        _ => (ErrorCode::Internal, e.to_string()),
+    }
+}
+
+fn describe(i: &VoiceInfo) -> VoiceDesc {
+    VoiceDesc {
+        language: i.language.clone(),
+        quality: i.quality.clone(),
+        sample_rate: i.sample_rate,
+        num_speakers: i.num_speakers,
+        num_symbols: i.num_symbols,
+    }
+}
+
+fn heartbeat_msg() -> FromWorker {
+    FromWorker::Heartbeat { rss_bytes: rss_bytes() }
+}
+
+/// Resident set size from /proc/self/statm (0 where unavailable).
+pub fn rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    pages * page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_protocol_codes() {
+        assert_eq!(error_code(&EngineError::Cancelled, true, 100).0, ErrorCode::Timeout);
+        assert_eq!(error_code(&EngineError::Cancelled, false, 100).0, ErrorCode::Cancelled);
+        assert_eq!(error_code(&EngineError::InvalidInput("x".into()), false, 0).0, ErrorCode::BadRequest);
+        assert_eq!(error_code(&EngineError::UnknownVoice("x".into()), false, 0).0, ErrorCode::UnknownVoice);
+        assert_eq!(error_code(&EngineError::Mlx("x".into()), false, 0).0, ErrorCode::Internal);
+    }
+
+    #[test]
+    fn rss_is_read_from_proc() {
+        assert!(rss_bytes() > 1024 * 1024);
     }
 }

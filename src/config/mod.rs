@@ -1,0 +1,299 @@
+//! Daemon configuration: `daemon.toml`, built-in defaults, command-line
+//! overrides, and the derived values (socket path, worker count, voice paths).
+//!
+//! Owns parsing and validation in one step: a [`Config`] that exists is
+//! valid. It never opens sockets or starts processes.
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoiceConfig {
+    pub name: String,
+    /// Relative paths resolve against the config file's directory.
+    pub path: PathBuf,
+}
+
+/// Every setting, with its default. See `daemon.toml` for the documentation.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub socket: String,
+    pub socket_group: String,
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub max_connections: usize,
+    pub max_frame_bytes: usize,
+    pub max_text_chars: usize,
+    pub default_timeout_ms: u64,
+    pub hang_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    pub kill_grace_ms: u64,
+    pub shutdown_grace_ms: u64,
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    pub max_rss_mb: u64,
+    pub restart_backoff_min_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    pub degraded_after_failures: u32,
+    pub voices: Vec<VoiceConfig>,
+    pub default_voice: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: String::new(),
+            socket_group: String::new(),
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            workers: 0,
+            queue_capacity: 64,
+            max_connections: 128,
+            max_frame_bytes: 1024 * 1024,
+            max_text_chars: 20_000,
+            default_timeout_ms: 30_000,
+            hang_timeout_ms: 10_000,
+            heartbeat_ms: 500,
+            kill_grace_ms: 2_000,
+            shutdown_grace_ms: 10_000,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_rss_mb: 0,
+            restart_backoff_min_ms: 100,
+            restart_backoff_max_ms: 30_000,
+            degraded_after_failures: 3,
+            voices: vec![VoiceConfig { name: "joe".into(), path: "voices/en_US-joe-medium.onnx".into() }],
+            default_voice: String::new(),
+        }
+    }
+}
+
+/// Command-line values that win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub socket: Option<PathBuf>,
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// Parse `text` (the contents of `path`), resolve relative voice paths
+    /// against `path`'s directory, and validate.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
+        cfg.resolve_voices(&base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_path_buf(), source: e })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Built-in defaults, the bundled voice found by walking up from `exe`
+    /// to the first directory that has `voices/`.
+    pub fn builtin(exe: &Path) -> Result<Self, ConfigError> {
+        let mut cfg = Config::default();
+        let base = exe
+            .ancestors()
+            .skip(1)
+            .find(|d| d.join("voices").is_dir())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        cfg.resolve_voices(&base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// `--config FILE` if given, else `./daemon.toml` if present, else
+    /// [`Config::builtin`]. Returns the file used, if any (SIGHUP rereads it).
+    pub fn discover(explicit: Option<&Path>) -> Result<(Self, Option<PathBuf>), ConfigError> {
+        if let Some(p) = explicit {
+            return Ok((Self::load(p)?, Some(p.to_path_buf())));
+        }
+        let local = PathBuf::from("daemon.toml");
+        if local.is_file() {
+            return Ok((Self::load(&local)?, Some(local)));
+        }
+        let exe = std::env::current_exe().map_err(|e| ConfigError::Invalid(format!("current_exe: {e}")))?;
+        Ok((Self::builtin(&exe)?, None))
+    }
+
+    pub fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(s) = &o.socket {
+            self.socket = s.display().to_string();
+        }
+        if let Some(w) = o.workers {
+            self.workers = w;
+        }
+        self.validate()
+    }
+
+    fn resolve_voices(&mut self, base: &Path) {
+        for v in &mut self.voices {
+            if v.path.is_relative() {
+                v.path = base.join(&v.path);
+            }
+        }
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.voices.is_empty() {
+            return bad("at least one voice is needed".into());
+        }
+        for (i, v) in self.voices.iter().enumerate() {
+            if v.name.trim().is_empty() {
+                return bad(format!("voice #{} has an empty name", i + 1));
+            }
+            if self.voices[..i].iter().any(|w| w.name == v.name) {
+                return bad(format!("voice '{}' is listed twice", v.name));
+            }
+        }
+        if self.default_voice.is_empty() {
+            self.default_voice = self.voices[0].name.clone();
+        } else if !self.voices.iter().any(|v| v.name == self.default_voice) {
+            return bad(format!("default_voice '{}' is not among the voices", self.default_voice));
+        }
+        for (name, v) in [
+            ("queue_capacity", self.queue_capacity as u64),
+            ("max_connections", self.max_connections as u64),
+            ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("max_text_chars", self.max_text_chars as u64),
+            ("default_timeout_ms", self.default_timeout_ms),
+            ("hang_timeout_ms", self.hang_timeout_ms),
+            ("heartbeat_ms", self.heartbeat_ms),
+            ("restart_backoff_min_ms", self.restart_backoff_min_ms),
+            ("degraded_after_failures", self.degraded_after_failures as u64),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be above 0"));
+            }
+        }
+        if self.heartbeat_ms * 2 > self.hang_timeout_ms {
+            return bad(format!(
+                "hang_timeout_ms ({}) must be at least twice heartbeat_ms ({})",
+                self.hang_timeout_ms, self.heartbeat_ms
+            ));
+        }
+        if self.restart_backoff_max_ms < self.restart_backoff_min_ms {
+            return bad("restart_backoff_max_ms is below restart_backoff_min_ms".into());
+        }
+        if self.max_frame_bytes > crate::protocol::frame::HARD_MAX_FRAME_BYTES {
+            return bad(format!("max_frame_bytes is above {}", crate::protocol::frame::HARD_MAX_FRAME_BYTES));
+        }
+        if self.workers > 256 {
+            return bad("workers is above 256".into());
+        }
+        Ok(())
+    }
+
+    /// Worker processes to run: `workers`, or one per core when 0.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+
+    /// The socket path: `socket`, else [`default_socket_path`].
+    pub fn socket_path(&self) -> PathBuf {
+        if self.socket.is_empty() {
+            default_socket_path()
+        } else {
+            PathBuf::from(&self.socket)
+        }
+    }
+
+    pub fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/ttsd.sock`, else `/tmp/ttsd-$UID/ttsd.sock` (the
+/// daemon creates that directory with mode 0700).
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("ttsd.sock"),
+        _ => PathBuf::from(format!("/tmp/ttsd-{}", nix::unistd::getuid().as_raw())).join("ttsd.sock"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_daemon_toml_is_the_builtin_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("daemon.toml");
+        let file = Config::load(&path).unwrap();
+        let mut builtin = Config::default();
+        builtin.resolve_voices(path.parent().unwrap());
+        builtin.validate().unwrap();
+        assert_eq!(file, builtin);
+    }
+
+    #[test]
+    fn relative_voice_paths_follow_the_config_file() {
+        let cfg = Config::from_toml(
+            "workers = 2\nvoices = [{name = \"a\", path = \"v/a.onnx\"}, {name = \"b\", path = \"/abs/b.onnx\"}]\n",
+            Path::new("/etc/ttsd/daemon.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.voices[0].path, PathBuf::from("/etc/ttsd/v/a.onnx"));
+        assert_eq!(cfg.voices[1].path, PathBuf::from("/abs/b.onnx"));
+        assert_eq!(cfg.default_voice, "a");
+        assert_eq!(cfg.worker_count(), 2);
+        assert_eq!(cfg.queue_capacity, Config::default().queue_capacity);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let p = Path::new("x.toml");
+        let err = |t: &str| Config::from_toml(t, p).unwrap_err().to_string();
+        assert!(err("workerz = 2").contains("workerz"));
+        assert!(err("queue_capacity = 0").contains("queue_capacity"));
+        assert!(err("default_voice = \"nope\"").contains("nope"));
+        assert!(err("voices = []").contains("at least one voice"));
+        assert!(err("heartbeat_ms = 600\nhang_timeout_ms = 1000").contains("twice"));
+        assert!(err("workers = \"two\"").contains("workers"));
+    }
+
+    #[test]
+    fn overrides_win_and_are_validated() {
+        let mut cfg = Config::from_toml("socket = \"/a.sock\"", Path::new("d.toml")).unwrap();
+        cfg.apply(&Overrides { socket: Some("/b.sock".into()), workers: Some(3) }).unwrap();
+        assert_eq!(cfg.socket_path(), PathBuf::from("/b.sock"));
+        assert_eq!(cfg.worker_count(), 3);
+        assert!(cfg.apply(&Overrides { socket: None, workers: Some(1000) }).is_err());
+    }
+
+    #[test]
+    fn builtin_finds_the_bundled_voice_above_the_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("voices")).unwrap();
+        std::fs::create_dir_all(dir.path().join("target/release")).unwrap();
+        let cfg = Config::builtin(&dir.path().join("target/release/ttsd")).unwrap();
+        assert_eq!(cfg.voices[0].path, dir.path().join("voices/en_US-joe-medium.onnx"));
+    }
+}

@@ -1,0 +1,183 @@
+//! Worker processes as the supervisor sees them: starting one (fork+exec of
+//! ttsd's own binary in worker mode, joined by a socketpair), talking to it,
+//! killing it, and learning that it exited.
+//!
+//! Owns the per-worker tasks (reader, writer, waiter). Before the exec
+//! nothing happens but the spawn itself: the worker creates its engine,
+//! threads and MLX state after it. It never decides when to start or kill a
+//! worker; the arbiter does.
+use super::arbiter::Event;
+use super::request::{Pending, WorkerRef};
+use crate::protocol::worker::{FromWorker, ToWorker, MAX_INTERNAL_FRAME};
+use crate::protocol::{self, ErrorCode};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+pub type WorkerId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Loading voices; no Ready yet.
+    Starting,
+    Ready,
+    /// Sent Stop (or being killed): takes no new jobs.
+    Stopping,
+}
+
+/// The job a worker is running.
+pub struct Running {
+    pub job: u64,
+    pub pending: Pending,
+}
+
+pub struct WorkerHandle {
+    pub wid: WorkerId,
+    pub slot: usize,
+    pub pid: u32,
+    /// Configuration generation it was started with (SIGHUP bumps it).
+    pub generation: u64,
+    pub phase: Phase,
+    pub job: Option<Running>,
+    pub started: Instant,
+    pub last_heard: Instant,
+    pub rss_bytes: u64,
+    pub jobs_done: u64,
+    /// Recycle after this many jobs.
+    pub max_jobs: Option<u64>,
+    /// To be replaced: a successor is started for its slot.
+    pub retiring: bool,
+    pub stop_sent: Option<Instant>,
+    /// Why the supervisor killed it: the answer its job gets.
+    pub killed: Option<(ErrorCode, String)>,
+    /// It reported that a voice failed to load.
+    pub load_failed: Option<String>,
+    tx: mpsc::UnboundedSender<ToWorker>,
+    kill: Option<oneshot::Sender<()>>,
+}
+
+impl WorkerHandle {
+    pub fn send(&self, msg: ToWorker) {
+        // A dead worker's channel is closed; its exit event follows.
+        let _ = self.tx.send(msg);
+    }
+
+    /// SIGKILL it; its job is answered with `code` when the exit is reaped.
+    pub fn kill(&mut self, code: ErrorCode, why: String) {
+        if let Some(k) = self.kill.take() {
+            crate::logln!("ttsd: killing worker {} (slot {}): {why}", self.pid, self.slot);
+            self.killed = Some((code, why));
+            let _ = k.send(());
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if self.stop_sent.is_none() {
+            self.send(ToWorker::Stop);
+            self.stop_sent = Some(Instant::now());
+        }
+        self.phase = Phase::Stopping;
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Ready && self.job.is_none()
+    }
+
+    pub fn as_ref(&self) -> WorkerRef {
+        WorkerRef { pid: self.pid, rss_bytes: self.rss_bytes }
+    }
+}
+
+/// Start a worker: `exe worker`, its socketpair end as stdin, then Init.
+pub fn spawn(
+    exe: &Path,
+    wid: WorkerId,
+    slot: usize,
+    generation: u64,
+    init: ToWorker,
+    max_jobs: Option<u64>,
+    events: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<WorkerHandle> {
+    let (ours, theirs) = StdUnixStream::pair()?;
+    // Both ends are close-on-exec; Stdio dup2()s theirs onto the child's fd 0,
+    // so no other worker inherits it and its death closes the channel.
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("worker")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    ours.set_nonblocking(true)?;
+    let stream = tokio::net::UnixStream::from_std(ours)?;
+    let (mut rd, mut wr) = stream.into_split();
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<ToWorker>();
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let Ok(bytes) = protocol::encode(&msg) else { continue };
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let ev = events.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = protocol::read_frame_async::<FromWorker, _>(&mut rd, MAX_INTERNAL_FRAME).await {
+            if ev.send(Event::Worker { wid, msg }).is_err() {
+                break;
+            }
+        }
+    });
+    let (kill_tx, kill_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            s = child.wait() => s,
+            _ = kill_rx => {
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        };
+        let status = status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0xff00));
+        let _ = events.send(Event::Exited { wid, status });
+    });
+    let _ = tx.send(init);
+    let now = Instant::now();
+    Ok(WorkerHandle {
+        wid,
+        slot,
+        pid,
+        generation,
+        phase: Phase::Starting,
+        job: None,
+        started: now,
+        last_heard: now,
+        rss_bytes: 0,
+        jobs_done: 0,
+        max_jobs,
+        retiring: false,
+        stop_sent: None,
+        killed: None,
+        load_failed: None,
+        tx,
+        kill: Some(kill_tx),
+    })
+}
+
+/// "exit code 3" / "signal 9 (SIGKILL)".
+pub fn describe_exit(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        format!("exit code {code}")
+    } else if let Some(sig) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("?");
+        format!("signal {sig} ({name})")
+    } else {
+        status.to_string()
+    }
+}

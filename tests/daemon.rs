@@ -1,0 +1,419 @@
+//! End-to-end tests of the daemon with the real bundled voice: each starts
+//! its own ttsd on a temporary socket (see `common`).
+mod common;
+
+use common::*;
+use nix::sys::signal::Signal;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+use ttsd::client::Client;
+use ttsd::protocol::{self, ErrorCode, HealthState, Reply, Request, SynthRequest, WorkerState, PROTOCOL_VERSION};
+
+/// Protocol rules that hold whatever the workers do (also in degraded mode).
+mod protocol_rules {
+    use super::*;
+
+    fn raw(d: &Daemon) -> UnixStream {
+        let s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    fn read(s: &mut UnixStream) -> Option<Reply> {
+        protocol::read_frame(s, 1 << 26).unwrap()
+    }
+
+    fn hello(s: &mut UnixStream) {
+        protocol::write_frame(s, &Request::Hello { version: PROTOCOL_VERSION, client: "raw".into() }).unwrap();
+        assert!(matches!(read(s), Some(Reply::HelloOk { version: PROTOCOL_VERSION, .. })));
+    }
+
+    #[test]
+    fn handshake_version_and_order_are_enforced() {
+        let d = Daemon::start("");
+        let mut s = raw(&d);
+        protocol::write_frame(&mut s, &Request::Hello { version: 99, client: "future".into() }).unwrap();
+        match read(&mut s) {
+            Some(Reply::Error { id: None, code: ErrorCode::UnsupportedVersion, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(read(&mut s).is_none(), "closed after unsupported_version");
+
+        let mut s = raw(&d);
+        protocol::write_frame(&mut s, &Request::Status).unwrap();
+        assert!(matches!(read(&mut s), Some(Reply::Error { code: ErrorCode::BadRequest, .. })));
+        assert!(read(&mut s).is_none());
+    }
+
+    #[test]
+    fn malformed_frames_are_answered_and_skipped_oversized_ones_close() {
+        let d = Daemon::start("max_frame_bytes = 4096");
+        let mut s = raw(&d);
+        hello(&mut s);
+        // A frame with an unknown request tag: answered, connection kept.
+        s.write_all(&[4, 0, 0, 0, 99, 0, 0, 0]).unwrap();
+        assert!(matches!(read(&mut s), Some(Reply::Error { id: None, code: ErrorCode::MalformedFrame, .. })));
+        protocol::write_frame(&mut s, &Request::Health).unwrap();
+        assert!(matches!(read(&mut s), Some(Reply::Health { .. })));
+        // Other clients are unaffected by it.
+        d.client().health().unwrap();
+        // Larger than max_frame_bytes: answered, then closed.
+        let big = Request::Synthesize(SynthRequest { id: 1, ..req(&"a".repeat(5000)) });
+        protocol::write_frame(&mut s, &big).unwrap();
+        assert!(matches!(read(&mut s), Some(Reply::Error { id: None, code: ErrorCode::FrameTooLarge, .. })));
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+        d.client().status().unwrap();
+    }
+
+    #[test]
+    fn bad_requests_are_refused_before_any_worker() {
+        let d = Daemon::start("max_text_chars = 50");
+        let mut c = d.client();
+        let code = |c: &mut Client, r: SynthRequest| c.say(r, &mut |_, _| {}).unwrap_err().code();
+        assert_eq!(code(&mut c, req("   ")), Some(ErrorCode::BadRequest));
+        assert_eq!(code(&mut c, req(&"a".repeat(51))), Some(ErrorCode::BadRequest));
+        assert_eq!(code(&mut c, SynthRequest { length_scale: Some(f32::NAN), ..req(SHORT) }), Some(ErrorCode::BadRequest));
+        assert_eq!(code(&mut c, SynthRequest { voice: Some("nobody".into()), ..req(SHORT) }), Some(ErrorCode::UnknownVoice));
+        assert_eq!(code(&mut c, SynthRequest { timeout_ms: Some(0), ..req(SHORT) }), Some(ErrorCode::BadRequest));
+        if !cfg!(feature = "fault-injection") {
+            let r = SynthRequest { fault: Some(ttsd::protocol::Fault::Crash), ..req(SHORT) };
+            assert_eq!(code(&mut c, r), Some(ErrorCode::BadRequest));
+        }
+        // Cancelling nothing is a connection-level error, not a terminal one.
+        c.cancel(12345).unwrap();
+        assert!(matches!(c.recv().unwrap(), Reply::Error { id: None, code: ErrorCode::UnknownId, .. }));
+        let s = d.status();
+        let bad = s.totals.errors.iter().find(|(c, _)| *c == ErrorCode::BadRequest).map(|x| x.1);
+        assert!(bad >= Some(4), "{:?}", s.totals);
+    }
+
+    #[test]
+    fn connections_over_max_connections_are_refused_with_overloaded() {
+        let d = Daemon::start("max_connections = 2");
+        let mut a = d.client();
+        let _b = d.client();
+        let mut s = raw(&d);
+        match read(&mut s) {
+            Some(Reply::Error { id: None, code: ErrorCode::Overloaded, message }) => assert!(message.contains("connections")),
+            other => panic!("{other:?}"),
+        }
+        assert!(read(&mut s).is_none());
+        a.health().unwrap();
+        drop(a);
+        // A slot frees up when a connection closes.
+        let t = Instant::now();
+        while Client::connect(&d.socket).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(2));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn peers_of_other_users_are_refused_with_permission_denied() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::getuid().is_root() {
+            eprintln!("skipped: needs root to connect as another uid");
+            return;
+        }
+        let d = Daemon::start("");
+        // Open the file permissions so that only SO_PEERCRED stands in the way.
+        std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ttsctl"))
+            .args(["--socket", d.socket.to_str().unwrap(), "health"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("permission_denied"), "{err}");
+        assert_eq!(out.status.code(), Some(1));
+        d.client().health().unwrap();
+    }
+
+    #[test]
+    fn one_daemon_per_socket_and_stale_sockets_are_replaced() {
+        let mut d = Daemon::start("");
+        let cfg = d.dir.path().join("daemon.toml");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ttsd")).arg("--config").arg(&cfg).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("already listening"), "{err}");
+        d.client().health().unwrap();
+        // SIGKILL leaves the socket file behind; the next daemon replaces it.
+        d.signal(Signal::SIGKILL);
+        d.wait_exit(Duration::from_secs(5));
+        assert!(d.socket.exists());
+        let d2 = Daemon::start_in(d.dir.path(), "");
+        d2.client().health().unwrap();
+    }
+}
+
+/// The voice cannot load: the daemon stays up and says why.
+#[test]
+fn a_missing_voice_file_leaves_the_daemon_degraded_but_answering() {
+    let d = Daemon::start("voices = [{ name = \"ghost\", path = \"/nonexistent/ghost.onnx\" }]");
+    let t = Instant::now();
+    let (state, reason) = loop {
+        let (state, reason) = d.client().health().unwrap();
+        if state == HealthState::Degraded {
+            break (state, reason);
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "not degraded: {state:?} {reason:?}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(state, HealthState::Degraded);
+    assert!(reason.as_deref().unwrap_or("").contains("ghost"), "{reason:?}");
+    let err = d.client().say(req(SHORT), &mut |_, _| {}).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
+    let s = d.status();
+    assert_eq!(s.state, HealthState::Degraded);
+    assert!(s.degraded_reason.unwrap().contains("ghost"));
+    assert!(s.worker_restarts >= 2);
+    assert_eq!(s.voices[0].state, ttsd::protocol::VoiceLoadState::Failed);
+    // It keeps retrying in the background and keeps answering.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.status().worker_restarts >= s.worker_restarts);
+}
+
+/// Everything below needs the real engine.
+mod with_voice {
+    use super::*;
+
+    #[test]
+    fn sequential_then_concurrent_requests_all_succeed_on_the_same_processes() {
+        let d = Daemon::start("");
+        let before = Daemon::worker_pids(&d.wait_idle(2, Duration::from_secs(60)));
+        let mut c = d.client();
+        for i in 0..30 {
+            let text = format!("Request number {i}.");
+            let (done, rate, samples) = c.say_collect(SynthRequest { stream: i % 2 == 0, ..req(&text) }).unwrap();
+            assert_valid_audio(rate, &samples, done.audio_seconds);
+            assert!(!done.retried);
+        }
+        let threads: Vec<_> = (0..30)
+            .map(|i| {
+                let socket = d.socket.clone();
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(&socket).unwrap();
+                    let text = format!("Concurrent request {i}.");
+                    c.say_collect(SynthRequest { stream: i % 2 == 1, ..req(&text) }).unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            let (done, rate, samples) = t.join().unwrap();
+            assert_valid_audio(rate, &samples, done.audio_seconds);
+        }
+        let s = d.status();
+        assert_eq!(Daemon::worker_pids(&s), before, "workers were replaced");
+        assert_eq!(s.pid, d.pid());
+        assert_eq!(s.totals.done, 60);
+        assert!(s.totals.errors.is_empty(), "{:?}", s.totals);
+        assert_eq!(s.worker_restarts, 0);
+    }
+
+    #[test]
+    fn killing_a_busy_worker_answers_its_request_once_and_heals() {
+        let d = Daemon::start("");
+        d.wait_idle(2, Duration::from_secs(60));
+        let mut victim = d.client();
+        let id = victim.submit(SynthRequest { stream: true, ..req(LONG) }).unwrap();
+        // Wait for the first audio: from then on no retry is possible.
+        loop {
+            match victim.recv().unwrap() {
+                Reply::Audio { .. } => break,
+                Reply::Queued { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        let s = d.status();
+        let w = s.workers.iter().find(|w| w.current_request == Some(id)).expect("busy worker");
+        let other = d.socket.clone();
+        let bystander = std::thread::spawn(move || Client::connect(&other).unwrap().say_collect(req(SHORT)));
+        let t = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), Signal::SIGKILL).unwrap();
+        let replies = until_terminal(&mut victim, id);
+        assert!(t.elapsed() < Duration::from_secs(1), "terminal reply after {:?}", t.elapsed());
+        match replies.last().unwrap() {
+            Reply::Error { code: ErrorCode::WorkerCrashed, .. } => {}
+            other => panic!("{other:?}"),
+        }
+        // Nothing more for that id: the next reply on the connection is ours.
+        victim.send(&Request::Health).unwrap();
+        loop {
+            match victim.recv().unwrap() {
+                Reply::Health { .. } => break,
+                Reply::Audio { id: i, .. } if i == id => panic!("audio after the terminal reply"),
+                Reply::Done { .. } | Reply::Error { .. } => panic!("second terminal reply"),
+                _ => {}
+            }
+        }
+        let (done, rate, samples) = bystander.join().unwrap().unwrap();
+        assert_valid_audio(rate, &samples, done.audio_seconds);
+        let (done, rate, samples) = d.client().say_collect(req(SHORT)).unwrap();
+        assert_valid_audio(rate, &samples, done.audio_seconds);
+        let s = d.wait_idle(2, Duration::from_secs(60));
+        assert_eq!(s.worker_restarts, 1);
+        assert!(!s.workers.iter().any(|x| x.pid == w.pid));
+    }
+
+    #[test]
+    fn a_short_deadline_ends_in_timeout_and_the_worker_stays_up() {
+        let d = Daemon::start("");
+        let before = Daemon::worker_pids(&d.wait_idle(2, Duration::from_secs(60)));
+        let mut c = d.client();
+        let t = Instant::now();
+        let err = c.say(SynthRequest { timeout_ms: Some(100), ..req(LONG) }, &mut |_, _| {}).unwrap_err();
+        let took = t.elapsed();
+        assert_eq!(err.code(), Some(ErrorCode::Timeout), "{err}");
+        assert!(took < Duration::from_millis(1100), "timeout answered after {took:?}");
+        let (done, rate, samples) = c.say_collect(req(SHORT)).unwrap();
+        assert_valid_audio(rate, &samples, done.audio_seconds);
+        let s = d.status();
+        assert_eq!(Daemon::worker_pids(&s), before, "the worker should survive a timeout");
+        assert_eq!(s.worker_restarts, 0);
+    }
+
+    #[test]
+    fn a_stopped_worker_is_detected_by_its_heartbeat_and_replaced() {
+        let d = Daemon::start("hang_timeout_ms = 1000");
+        let s = d.wait_idle(2, Duration::from_secs(60));
+        let pid = s.workers[0].pid;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+        let t = Instant::now();
+        loop {
+            let s = d.status();
+            if !s.workers.iter().any(|w| w.pid == pid) {
+                assert!(s.worker_restarts >= 1);
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_millis(2000), "stopped worker still there: {s:#?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d.wait_idle(2, Duration::from_secs(60));
+        d.client().say_collect(req(SHORT)).unwrap();
+    }
+
+    #[test]
+    fn a_full_queue_answers_overloaded() {
+        let d = Daemon::start("workers = 1\nqueue_capacity = 1");
+        d.wait_idle(1, Duration::from_secs(60));
+        let mut c = d.client();
+        let a = c.submit(req(LONG)).unwrap(); // runs
+        let b = c.submit(req(SHORT)).unwrap(); // waits
+        let x = c.submit(req(SHORT)).unwrap(); // no room
+        let mut terminal = std::collections::HashMap::new();
+        while terminal.len() < 3 {
+            match c.recv().unwrap() {
+                Reply::Done { id, .. } => {
+                    terminal.insert(id, None);
+                }
+                Reply::Error { id: Some(id), code, .. } => {
+                    terminal.insert(id, Some(code));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(terminal[&a], None);
+        assert_eq!(terminal[&b], None);
+        assert_eq!(terminal[&x], Some(ErrorCode::Overloaded));
+    }
+
+    #[test]
+    fn cancel_duplicate_ids_and_disconnects() {
+        let d = Daemon::start("workers = 1");
+        let pids = Daemon::worker_pids(&d.wait_idle(1, Duration::from_secs(60)));
+        let mut c = d.client();
+        let a = c.submit(req(LONG)).unwrap();
+        // Same id again while pending: refused at connection level.
+        c.send(&Request::Synthesize(SynthRequest { id: a, ..req(SHORT) })).unwrap();
+        let b = c.submit(req(SHORT)).unwrap();
+        c.cancel(b).unwrap(); // queued: answered at once
+        c.cancel(a).unwrap(); // running: reaches the worker
+        let mut got = Vec::new();
+        while got.iter().filter(|r| matches!(r, Reply::Done { .. } | Reply::Error { id: Some(_), .. })).count() < 2 {
+            got.push(c.recv().unwrap());
+        }
+        assert!(got.iter().any(|r| matches!(r, Reply::Error { id: None, code: ErrorCode::DuplicateId, .. })), "{got:?}");
+        assert!(got.iter().any(|r| matches!(r, Reply::Error { id: Some(i), code: ErrorCode::Cancelled, .. } if *i == b)));
+        assert!(got.iter().any(|r| matches!(r, Reply::Error { id: Some(i), code: ErrorCode::Cancelled, .. } if *i == a)));
+        // A client that goes away cancels its work; the worker is free again soon.
+        let mut gone = d.client();
+        gone.submit(req(LONG)).unwrap();
+        drop(gone);
+        let s = d.wait_idle(1, Duration::from_secs(5));
+        assert_eq!(Daemon::worker_pids(&s), pids);
+        d.client().say_collect(req(SHORT)).unwrap();
+    }
+
+    #[test]
+    fn max_requests_recycles_workers_gracefully() {
+        let d = Daemon::start("workers = 1\nmax_requests = 3");
+        let first = Daemon::worker_pids(&d.wait_idle(1, Duration::from_secs(60)));
+        let mut c = d.client();
+        for i in 0..7 {
+            let (done, rate, samples) = c.say_collect(req(&format!("Recycle me {i}."))).unwrap();
+            assert_valid_audio(rate, &samples, done.audio_seconds);
+        }
+        let s = d.wait_idle(1, Duration::from_secs(60));
+        assert_ne!(Daemon::worker_pids(&s), first);
+        assert!(s.worker_recycles >= 2, "{s:#?}");
+        assert_eq!(s.worker_restarts, 0);
+        assert!(s.totals.errors.is_empty());
+    }
+
+    #[test]
+    fn sigterm_under_load_answers_everything_and_removes_the_socket() {
+        let mut d = Daemon::start("queue_capacity = 8");
+        d.wait_idle(2, Duration::from_secs(60));
+        let threads: Vec<_> = (0..6)
+            .map(|i| {
+                let socket = d.socket.clone();
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(&socket).unwrap();
+                    let id = c.submit(req(if i < 2 { SHORT } else { LONG })).unwrap();
+                    let replies = until_terminal(&mut c, id);
+                    // Exactly one terminal reply, then the daemon closes.
+                    assert!(matches!(c.recv(), Err(_)));
+                    replies.last().cloned().unwrap()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        d.signal(Signal::SIGTERM);
+        let status = d.wait_exit(Duration::from_secs(20));
+        assert!(status.success(), "{status:?}");
+        assert!(!d.socket.exists(), "socket left behind");
+        for t in threads {
+            match t.join().unwrap() {
+                Reply::Done { .. } | Reply::Error { code: ErrorCode::ShuttingDown, .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(d.log().contains("stopped"));
+    }
+
+    #[test]
+    fn sighup_replaces_workers_one_at_a_time() {
+        let d = Daemon::start("");
+        let before = Daemon::worker_pids(&d.wait_idle(2, Duration::from_secs(60)));
+        d.signal(Signal::SIGHUP);
+        let t = Instant::now();
+        loop {
+            let s = d.status();
+            assert!(s.workers.iter().filter(|w| w.state == WorkerState::Idle || w.state == WorkerState::Busy).count() >= 1);
+            let now = Daemon::worker_pids(&s);
+            if s.workers.len() == 2 && now.iter().all(|p| !before.contains(p)) && s.state == HealthState::Ready {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "{s:#?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d.client().say_collect(req(SHORT)).unwrap();
+    }
+}

@@ -1,0 +1,149 @@
+//! Fault-injection tests: workers that crash, hang, stall or bloat on
+//! request. Run with `cargo test --release --features fault-injection`.
+#![cfg(feature = "fault-injection")]
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use ttsd::protocol::{ErrorCode, Fault, Reply, SynthRequest};
+
+fn with_fault(text: &str, fault: Fault) -> SynthRequest {
+    SynthRequest { fault: Some(fault), ..req(text) }
+}
+
+#[test]
+fn a_hung_worker_is_replaced_within_hang_timeout_and_its_request_fails() {
+    let d = Daemon::start("hang_timeout_ms = 1000");
+    let before = Daemon::worker_pids(&d.wait_idle(2, Duration::from_secs(60)));
+    let mut c = d.client();
+    let t = Instant::now();
+    let err = c.say(with_fault(SHORT, Fault::Hang), &mut |_, _| {}).unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(err.code(), Some(ErrorCode::WorkerCrashed), "{err}");
+    assert!(err.to_string().contains("hung"), "{err}");
+    assert!(took < Duration::from_millis(2000), "answered after {took:?}");
+    // Replaced within hang_timeout + 1 s, and the other worker was untouched.
+    loop {
+        let s = d.status();
+        let now = Daemon::worker_pids(&s);
+        if s.workers.len() == 2 && s.worker_restarts == 1 {
+            assert_eq!(now.iter().filter(|p| before.contains(p)).count(), 1, "{now:?} vs {before:?}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_millis(2000), "{s:#?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.client().say_collect(req(SHORT)).unwrap();
+}
+
+#[test]
+fn a_crash_before_any_audio_is_retried_once_on_another_worker() {
+    let d = Daemon::start("");
+    d.wait_idle(2, Duration::from_secs(60));
+    // The fault travels with the retry, so the second worker crashes too:
+    // one terminal reply that says a retry happened.
+    let err = d.client().say(with_fault(SHORT, Fault::Crash), &mut |_, _| {}).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::WorkerCrashed), "{err}");
+    assert!(err.to_string().contains("retry"), "{err}");
+    let s = d.wait_idle(2, Duration::from_secs(60));
+    assert_eq!(s.worker_restarts, 2);
+    // A worker killed before it sent audio: the retry succeeds elsewhere.
+    let mut c = d.client();
+    let id = c.submit(with_fault(SHORT, Fault::SleepMs(1500))).unwrap();
+    let t = Instant::now();
+    let pid = loop {
+        let s = d.status();
+        if let Some(w) = s.workers.iter().find(|w| w.current_request == Some(id)) {
+            break w.pid;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    match until_terminal(&mut c, id).last().unwrap() {
+        Reply::Done { retried: true, worker_pid, .. } => assert_ne!(*worker_pid, pid),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_full_queue_answers_overloaded_at_once() {
+    let d = Daemon::start("workers = 1\nqueue_capacity = 2");
+    d.wait_idle(1, Duration::from_secs(60));
+    let mut c = d.client();
+    let ids: Vec<u64> = (0..5).map(|_| c.submit(with_fault(SHORT, Fault::SleepMs(300))).unwrap()).collect();
+    let mut codes = std::collections::BTreeMap::new();
+    let t = Instant::now();
+    while codes.len() < 5 {
+        match c.recv().unwrap() {
+            Reply::Done { id, .. } => {
+                codes.insert(id, None);
+            }
+            Reply::Error { id: Some(id), code, .. } => {
+                if code == ErrorCode::Overloaded {
+                    assert!(t.elapsed() < Duration::from_millis(200), "overloaded must be immediate");
+                }
+                codes.insert(id, Some(code));
+            }
+            _ => {}
+        }
+    }
+    let got: Vec<_> = ids.iter().map(|i| codes[i]).collect();
+    assert_eq!(got, vec![None, None, None, Some(ErrorCode::Overloaded), Some(ErrorCode::Overloaded)]);
+}
+
+#[test]
+fn queue_time_counts_towards_the_deadline() {
+    let d = Daemon::start("workers = 1");
+    d.wait_idle(1, Duration::from_secs(60));
+    let mut c = d.client();
+    let busy = c.submit(with_fault(SHORT, Fault::SleepMs(800))).unwrap();
+    let t = Instant::now();
+    let late = c.submit(SynthRequest { timeout_ms: Some(300), ..req(SHORT) }).unwrap();
+    let replies = until_terminal(&mut c, late);
+    assert!(matches!(replies.last(), Some(Reply::Error { code: ErrorCode::Timeout, .. })), "{replies:?}");
+    assert!(t.elapsed() < Duration::from_millis(600), "{:?}", t.elapsed());
+    until_terminal(&mut c, busy);
+}
+
+#[test]
+fn a_sleeping_job_honours_cancel_and_timeout_without_losing_the_worker() {
+    let d = Daemon::start("workers = 1");
+    let pids = Daemon::worker_pids(&d.wait_idle(1, Duration::from_secs(60)));
+    let mut c = d.client();
+    let t = Instant::now();
+    let err = c
+        .say(SynthRequest { timeout_ms: Some(200), ..with_fault(SHORT, Fault::SleepMs(5000)) }, &mut |_, _| {})
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Timeout));
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    let id = c.submit(with_fault(SHORT, Fault::SleepMs(5000))).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    c.cancel(id).unwrap();
+    let replies = until_terminal(&mut c, id);
+    assert!(matches!(replies.last(), Some(Reply::Error { code: ErrorCode::Cancelled, .. })), "{replies:?}");
+    assert!(t.elapsed() < Duration::from_millis(300), "{:?}", t.elapsed());
+    assert_eq!(Daemon::worker_pids(&d.status()), pids);
+}
+
+#[test]
+fn a_worker_over_max_rss_is_recycled_after_its_request() {
+    let d = Daemon::start("workers = 1\nmax_rss_mb = 400");
+    let before = Daemon::worker_pids(&d.wait_idle(1, Duration::from_secs(60)));
+    let mut c = d.client();
+    let (done, rate, samples) = c.say_collect(with_fault(SHORT, Fault::GrowMb(500))).unwrap();
+    assert_valid_audio(rate, &samples, done.audio_seconds);
+    let t = Instant::now();
+    loop {
+        let s = d.status();
+        if s.worker_recycles == 1 && s.workers.len() == 1 && Daemon::worker_pids(&s) != before {
+            assert_eq!(s.worker_restarts, 0);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{s:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.wait_idle(1, Duration::from_secs(60));
+    d.client().say_collect(req(SHORT)).unwrap();
+}
