@@ -122,7 +122,7 @@ fn windowed_decoding_equals_whole_sentence_decoding() {
             break;
         }
         let end = (start + len).min(frames);
-        let w = voice.model().decode_window(&z, start, end, None).unwrap();
+        let w = voice.model().decode_window(&z, start, end, None, &|| false).unwrap();
         stitched.extend(ttsd::engine::vits::ops::to_vec(&w).unwrap());
         start = end;
     }

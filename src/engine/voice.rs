@@ -189,7 +189,7 @@ impl Voice {
 
         for (index, ids) in sentences.iter().enumerate() {
             check()?;
-            let latent = self.model.latent(ids, g.as_ref(), params.length_scale, params.noise_scale, params.noise_w, seed)?;
+            let latent = self.model.latent(ids, g.as_ref(), params.length_scale, params.noise_scale, params.noise_w, seed, cancelled)?;
             seed = seed.wrapping_add(1);
             let frames = latent.z.shape()[0] as usize;
             let mut pieces: Vec<Vec<f32>> = Vec::new();
@@ -198,7 +198,7 @@ impl Voice {
                 check()?;
                 let len = if start == 0 { FIRST_WINDOW_FRAMES } else { WINDOW_FRAMES };
                 let end = (start + len).min(frames);
-                let audio = to_vec(&self.model.decode_window(&latent.z, start, end, g.as_ref())?)?;
+                let audio = to_vec(&self.model.decode_window(&latent.z, start, end, g.as_ref(), cancelled)?)?;
                 if params.stream {
                     send(Chunk { samples: to_pcm(&audio, 1.0), sentence: index, sentences: sentences.len() }, &mut summary)?;
                 } else {
@@ -222,7 +222,7 @@ impl Voice {
         self.check_params(params)?;
         self.check_ids(ids)?;
         let g = self.model.speaker(params.speaker)?;
-        let latent = self.model.latent(ids, g.as_ref(), params.length_scale, params.noise_scale, params.noise_w, params.seed.unwrap_or(0))?;
+        let latent = self.model.latent(ids, g.as_ref(), params.length_scale, params.noise_scale, params.noise_w, params.seed.unwrap_or(0), &|| false)?;
         let audio = to_vec(&self.model.dec.forward(&latent.z, g.as_ref())?)?;
         Ok((latent.durations, latent.z, audio))
     }
