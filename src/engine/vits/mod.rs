@@ -131,6 +131,13 @@ pub struct Vits {
     emb_g: Option<Array>,
 }
 
+/// The prior of one sentence: durations and the sampled `z_p` `[T, C]`.
+pub struct Prior {
+    /// Frames per phoneme id (VITS's `w_ceil`).
+    pub durations: Vec<u32>,
+    pub z_p: Array,
+}
+
 /// What the front half of the model produced for one sentence.
 pub struct Latent {
     /// Frames per phoneme id (VITS's `w_ceil`).
@@ -184,6 +191,23 @@ impl Vits {
         seed: u64,
         cancelled: Cancelled,
     ) -> Result<Latent> {
+        let prior = self.prior(ids, g, length_scale, noise_scale, noise_w, seed, cancelled)?;
+        let z = self.flow.reverse(&prior.z_p, g, cancelled)?;
+        Ok(Latent { durations: prior.durations, z })
+    }
+
+    /// Text encoder, durations, alignment expansion and prior sampling.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prior(
+        &self,
+        ids: &[i64],
+        g: Option<&Array>,
+        length_scale: f32,
+        noise_scale: f32,
+        noise_w: f32,
+        seed: u64,
+        cancelled: Cancelled,
+    ) -> Result<Prior> {
         let key = mlx_rs::random::key(seed)?;
         let (k_dur, k_prior) = mlx_rs::random::split(&key, 2)?;
         let enc = self.enc_p.forward(ids)?;
@@ -207,8 +231,18 @@ impl Vits {
         let t = m.shape()[0];
         let noise = mlx_rs::random::normal::<f32>(&[t, c][..], None, None, &k_prior)?;
         let z_p = mlx_rs::ops::add(&m, &ops::scale(&mlx_rs::ops::multiply(&noise, &mlx_rs::ops::exp(&logs)?)?, noise_scale)?)?;
-        let z = self.flow.reverse(&z_p, g, cancelled)?;
-        Ok(Latent { durations, z })
+        z_p.eval()?;
+        Ok(Prior { durations, z_p })
+    }
+
+    /// `z` for the first `frames` frames only, from `z_p` and the flow's
+    /// receptive field beyond them: equal to the start of the whole reverse
+    /// flow, at a fraction of its cost (a streamed sentence's first chunk).
+    pub fn flow_head(&self, z_p: &Array, frames: usize, g: Option<&Array>, cancelled: Cancelled) -> Result<Array> {
+        let t = z_p.shape()[0] as usize;
+        let hi = (frames + self.flow.radius()).min(t);
+        let z = self.flow.reverse(&ops::rows(z_p, 0, hi as i32)?, g, cancelled)?;
+        ops::rows(&z, 0, frames.min(t) as i32)
     }
 
     /// Decodes frames `[start, end)` of `z`, reading `context` extra frames
