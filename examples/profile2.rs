@@ -2,7 +2,7 @@ use std::time::Instant;
 use ttsd::engine::{SynthParams, Voice};
 fn main() {
     let v = Voice::load("v", std::path::Path::new("voices/en_US-joe-medium.onnx")).unwrap();
-    let ids: Vec<i64> = (0..200).map(|i| if i % 2 == 0 { 0 } else { 20 + (i % 50) }).collect();
+    let ids: Vec<i64> = (0..400).map(|i| if i % 2 == 0 { 0 } else { 20 + (i % 50) }).collect();
     let _p = SynthParams::default();
     let m = v.model();
     for _ in 0..3 {
@@ -16,7 +16,7 @@ fn main() {
         logw.eval().unwrap();
         let t_dp = t.elapsed();
         let key2 = mlx_rs::random::key(2).unwrap();
-        let z_p = mlx_rs::random::normal::<f32>(&[442, 192][..], None, None, &key2).unwrap();
+        let z_p = mlx_rs::random::normal::<f32>(&[900, 192][..], None, None, &key2).unwrap();
         z_p.eval().unwrap();
         let t = Instant::now();
         let z = m.flow.reverse(&z_p, None).unwrap();
