@@ -262,9 +262,14 @@ mod with_voice {
         assert!(!s.workers.iter().any(|x| x.pid == w.pid));
     }
 
+    /// The deadline is met by construction: SIGALRM in the worker ends the
+    /// job at the engine's next cancellation check, and the supervisor kills
+    /// a worker still busy at deadline + kill_grace_ms (900 ms here). The
+    /// worker survives when the engine checks in time, which it does unless
+    /// the machine is badly oversubscribed (then it is replaced, once).
     #[test]
-    fn a_short_deadline_ends_in_timeout_and_the_worker_stays_up() {
-        let d = Daemon::start("");
+    fn a_short_deadline_ends_in_timeout_within_1100_ms_and_the_next_request_succeeds() {
+        let d = Daemon::start("kill_grace_ms = 900");
         let before = Daemon::worker_pids(&d.wait_idle(2, Duration::from_secs(60)));
         let mut c = d.client();
         let t = Instant::now();
@@ -275,8 +280,12 @@ mod with_voice {
         let (done, rate, samples) = c.say_collect(req(SHORT)).unwrap();
         assert_valid_audio(rate, &samples, done.audio_seconds);
         let s = d.status();
-        assert_eq!(Daemon::worker_pids(&s), before, "the worker should survive a timeout");
-        assert_eq!(s.worker_restarts, 0);
+        if err.to_string().contains("killed") {
+            assert_eq!(s.worker_restarts, 1, "a deadline kill is one restart");
+        } else {
+            assert_eq!(Daemon::worker_pids(&s), before, "the worker should survive a cooperative timeout");
+            assert_eq!(s.worker_restarts, 0);
+        }
     }
 
     #[test]
@@ -304,7 +313,7 @@ mod with_voice {
         let d = Daemon::start("workers = 1\nqueue_capacity = 1");
         d.wait_idle(1, Duration::from_secs(60));
         let mut c = d.client();
-        let a = c.submit(req(LONG)).unwrap(); // runs
+        let a = c.submit(req(MEDIUM)).unwrap(); // runs
         let b = c.submit(req(SHORT)).unwrap(); // waits
         let x = c.submit(req(SHORT)).unwrap(); // no room
         let mut terminal = std::collections::HashMap::new();
@@ -376,7 +385,7 @@ mod with_voice {
                 let socket = d.socket.clone();
                 std::thread::spawn(move || {
                     let mut c = Client::connect(&socket).unwrap();
-                    let id = c.submit(req(if i < 2 { SHORT } else { LONG })).unwrap();
+                    let id = c.submit(req(if i < 2 { SHORT } else { MEDIUM })).unwrap();
                     let replies = until_terminal(&mut c, id);
                     // Exactly one terminal reply, then the daemon closes.
                     assert!(matches!(c.recv(), Err(_)));
