@@ -180,6 +180,31 @@ fn a_missing_voice_file_leaves_the_daemon_degraded_but_answering() {
     assert!(d.status().worker_restarts >= s.worker_restarts);
 }
 
+/// A voice file that exists but is not a model: reported, never a crash loop
+/// that takes the daemon down.
+#[test]
+fn a_corrupt_voice_file_is_reported_as_degraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("bad.onnx");
+    std::fs::write(&onnx, b"this is not an onnx file").unwrap();
+    let json = voice_path().with_extension("onnx.json");
+    std::fs::copy(&json, dir.path().join("bad.onnx.json")).unwrap();
+    let d = Daemon::start(&format!("voices = [{{ name = \"bad\", path = {:?} }}]", onnx.display().to_string()));
+    let t = Instant::now();
+    loop {
+        let s = d.status();
+        if s.state == HealthState::Degraded {
+            assert!(s.degraded_reason.as_deref().unwrap_or("").contains("bad"), "{s:#?}");
+            assert_eq!(s.voices[0].state, ttsd::protocol::VoiceLoadState::Failed);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{s:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = d.client().say(req(SHORT), &mut |_, _| {}).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable));
+}
+
 /// Everything below needs the real engine.
 mod with_voice {
     use super::*;
@@ -424,5 +449,34 @@ mod with_voice {
             std::thread::sleep(Duration::from_millis(20));
         }
         d.client().say_collect(req(SHORT)).unwrap();
+    }
+
+    #[test]
+    fn sighup_with_a_broken_config_file_keeps_the_running_configuration() {
+        let d = Daemon::start("");
+        let before = Daemon::worker_pids(&d.wait_idle(2, Duration::from_secs(60)));
+        std::fs::write(d.dir.path().join("daemon.toml"), "workers = \"many\"\n").unwrap();
+        d.signal(Signal::SIGHUP);
+        let t = Instant::now();
+        while !d.log().contains("keeping the current configuration") {
+            assert!(t.elapsed() < Duration::from_secs(5), "{}", d.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let s = d.status();
+        assert_eq!(Daemon::worker_pids(&s), before);
+        d.client().say_collect(req(SHORT)).unwrap();
+    }
+
+    #[test]
+    fn voices_lists_the_loaded_voice() {
+        let d = Daemon::start("");
+        d.wait_idle(1, Duration::from_secs(60));
+        let (default, voices) = d.client().voices().unwrap();
+        assert_eq!(default, "joe");
+        assert_eq!(voices.len(), 1);
+        assert_eq!(voices[0].state, ttsd::protocol::VoiceLoadState::Loaded);
+        let info = voices[0].info.as_ref().unwrap();
+        assert_eq!(info.sample_rate, 22050);
+        assert_eq!(info.num_speakers, 1);
     }
 }
