@@ -98,7 +98,8 @@ fn every_golden_case_matches_the_reference() {
             same_frames += 1;
             assert_eq!(audio.len(), want_audio.len(), "{}", case.file);
             let corr = correlation(&audio, &want_audio);
-            eprintln!("{}: frames match, m_p {e_m:.1e}, logs_p {e_l:.1e}, audio correlation {corr:.6}", case.file);
+            let max_diff = audio.iter().zip(&want_audio).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            eprintln!("{}: frames match, m_p {e_m:.1e}, logs_p {e_l:.1e}, audio correlation {corr:.6}, max |diff| {max_diff:.1e}", case.file);
             assert!(corr >= 0.999, "{}: audio correlation {corr}", case.file);
         } else {
             let diff: Vec<_> = durations.iter().zip(&want_w).enumerate().filter(|(_, (a, b))| a != b).collect();

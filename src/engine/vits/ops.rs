@@ -295,8 +295,30 @@ impl ConvTranspose1d {
         self.stride as usize
     }
 
-    /// `x: [T, C_in]` -> `[(T-1)*stride - 2*pad + K, C_out]`.
+    pub fn pad(&self) -> usize {
+        self.pad as usize
+    }
+
+    /// Input rows that contribute to one output block of `stride` samples.
+    pub fn blocks(&self) -> usize {
+        self.blocks as usize
+    }
+
+    /// Output length for `t` input rows: `(t-1)*stride - 2*pad + K`.
+    pub fn out_len(&self, t: usize) -> usize {
+        ((t as i32 - 1) * self.stride - 2 * self.pad + self.kernel) as usize
+    }
+
+    /// `x: [T, C_in]` -> `[out_len(T), C_out]`.
     pub fn forward(&self, x: &Array) -> Result<Array> {
+        let t = x.shape()[0];
+        let full = self.forward_full(x)?;
+        rows(&full, self.pad, self.pad + self.out_len(t as usize) as i32)
+    }
+
+    /// The uncropped output, bias included: `[(T + m - 1) * stride, C_out]`,
+    /// where row `j*stride + r` is output sample `j*stride + r - pad`.
+    pub fn forward_full(&self, x: &Array) -> Result<Array> {
         let t = x.shape()[0];
         let (s, m, c) = (self.stride, self.blocks, self.c_out as i32);
         // y[t, i, r, :] is what input frame t adds at output t*s + i*s + r.
@@ -311,11 +333,9 @@ impl ConvTranspose1d {
             });
         }
         let full = full.expect("at least one block").reshape(&[(t + m - 1) * s, c])?;
-        let len = (t - 1) * s - 2 * self.pad + self.kernel;
-        let out = rows(&full, self.pad, self.pad + len)?;
         Ok(match &self.bias {
-            Some(b) => ops::add(&out, b)?,
-            None => out,
+            Some(b) => ops::add(&full, b)?,
+            None => full,
         })
     }
 }
@@ -339,6 +359,28 @@ impl LayerNorm {
     pub fn forward(&self, x: &Array) -> Result<Array> {
         Ok(mlx_rs::fast::layer_norm(x, &self.gamma, &self.beta, 1e-5)?)
     }
+}
+
+/// Applies `f`, a stack of "same"-padded stride-1 layers reading at most
+/// `halo` rows on either side, to `x` in tiles of `tile` rows, evaluating
+/// each tile before the next. The result equals `f(x)`; working on tiles that
+/// fit in the CPU's cache is several times faster than whole-array passes
+/// for the decoder's long late stages.
+pub fn map_tiles(x: &Array, tile: usize, halo: usize, f: impl Fn(&Array) -> Result<Array>) -> Result<Array> {
+    let t = x.shape()[0] as usize;
+    if t <= tile + 2 * halo {
+        return f(x);
+    }
+    let mut out = Vec::with_capacity(t.div_ceil(tile));
+    for start in (0..t).step_by(tile) {
+        let end = (start + tile).min(t);
+        let (lo, hi) = (start.saturating_sub(halo), (end + halo).min(t));
+        let y = f(&rows(x, lo as i32, hi as i32)?)?;
+        let y = rows(&y, (start - lo) as i32, (end - lo) as i32)?;
+        y.eval()?;
+        out.push(y);
+    }
+    Ok(ops::concatenate(&out, 0)?)
 }
 
 /// Exact (erf) GELU, as PyTorch's default.
@@ -408,6 +450,7 @@ mod tests {
 
     #[test]
     fn dilated_conv_matches_direct_convolution() {
+        let _mlx = crate::mlx_test_lock();
         // Short input (im2col) and long input (per-tap accumulation).
         for t in [23, (TAP_ACCUMULATE_ELEMENTS / 5) + 7] {
             check_conv(t);
@@ -433,6 +476,7 @@ mod tests {
 
     #[test]
     fn transposed_conv_matches_scatter_definition() {
+        let _mlx = crate::mlx_test_lock();
         for (k, s, pad) in [(16usize, 8usize, 4usize), (8, 4, 2), (7, 3, 2)] {
             let (t, c_in, c_out) = (9, 3, 2);
             let w = tensor(&[c_in, c_out, k], |i| ((i * 29 % 13) as f32 - 6.0) / 9.0);
