@@ -403,3 +403,73 @@ mod activation {
         assert!(log().contains(&path.display().to_string()), "{}", log());
     }
 }
+
+mod docs {
+    use ttsd::protocol::{encode, HealthState, Input, Reply, Request, SynthRequest};
+
+    /// The hex bytes of each ``` block of docs/protocol-examples.md: on
+    /// every line, the leading two-digit hex tokens (the rest is annotation).
+    fn blocks() -> Vec<Option<Vec<u8>>> {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol-examples.md")).unwrap();
+        let mut out = Vec::new();
+        let mut cur: Option<(Vec<u8>, bool)> = None;
+        for line in doc.lines() {
+            if line.starts_with("```") {
+                match cur.take() {
+                    Some((bytes, exact)) => out.push(exact.then_some(bytes)),
+                    None => cur = Some((Vec::new(), true)),
+                }
+                continue;
+            }
+            if let Some((bytes, exact)) = cur.as_mut() {
+                for tok in line.split_whitespace() {
+                    match u8::from_str_radix(tok, 16) {
+                        Ok(b) if tok.len() == 2 => bytes.push(b),
+                        _ => {
+                            // Elided audio or placeholders: not comparable.
+                            if tok == "…" || tok.starts_with('<') || tok == "LL" {
+                                *exact = false;
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_hex_dumps_in_protocol_examples_are_what_the_encoder_writes() {
+        let b = blocks();
+        let hex = |i: usize| b[i].clone().unwrap_or_else(|| panic!("block {i} is not exact"));
+        let synth = Request::Synthesize(SynthRequest {
+            id: 1,
+            input: Input::Text("Hi.".into()),
+            seed: Some(7),
+            stream: true,
+            ..SynthRequest::text("")
+        });
+        let done = Reply::Done {
+            id: 1,
+            audio_seconds: f64::from_bits(0x3fe1_1702_cf42_e58d),
+            queue_ms: 0,
+            synth_ms: 3440,
+            worker_pid: 15234,
+            retried: false,
+        };
+        let cases: Vec<(usize, Vec<u8>)> = vec![
+            (0, encode(&Request::Hello { version: 1, client: "ex".into() }).unwrap()),
+            (1, encode(&Reply::HelloOk { version: 1, server: "ttsd 0.1.0".into() }).unwrap()),
+            (2, encode(&synth).unwrap()),
+            (3, encode(&Reply::Queued { id: 1, position: 0 }).unwrap()),
+            (6, encode(&done).unwrap()),
+            (8, encode(&Request::Health).unwrap()),
+            (9, encode(&Reply::Health { state: HealthState::Ready, reason: None }).unwrap()),
+        ];
+        for (i, bytes) in cases {
+            assert_eq!(hex(i), bytes, "block {i} of docs/protocol-examples.md");
+        }
+        assert!(b[4].is_none() && b[7].is_none(), "elided blocks are recognised");
+    }
+}
