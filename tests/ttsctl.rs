@@ -186,6 +186,47 @@ mod unreachable {
     }
 }
 
+mod refused {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+    use ttsd::protocol::{read_frame, write_frame, ErrorCode, Reply, Request};
+
+    /// A fake daemon that answers every handshake with `code`.
+    fn refusing(code: ErrorCode, message: &'static str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fake.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                let _: Option<Request> = read_frame(&mut s, 1 << 20).unwrap_or(None);
+                let _ = write_frame(&mut s, &Reply::Error { id: None, code, message: message.into() });
+            }
+        });
+        (dir, path)
+    }
+
+    #[test]
+    fn a_daemon_of_another_protocol_version_is_named_with_the_fix() {
+        let (_dir, path) = refusing(ErrorCode::UnsupportedVersion, "this daemon speaks protocol 2");
+        let out = ttsctl(&path).args(["say", "hi", "-o", "-"]).output().unwrap();
+        check(&out, 1);
+        let err = text(&out.stderr);
+        assert!(err.contains("protocol version") && err.contains("use the ttsctl built with the daemon"), "{err}");
+        // For a probe, a daemon it cannot talk to is unreachable.
+        check(&ttsctl(&path).arg("health").output().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_refused_user_is_told_how_to_get_access() {
+        let (_dir, path) = refusing(ErrorCode::PermissionDenied, "this user may not use ttsd");
+        let out = ttsctl(&path).arg("status").output().unwrap();
+        check(&out, 2);
+        let err = text(&out.stderr);
+        assert!(err.contains("allowed_uids"), "{err}");
+    }
+}
+
 mod inspect {
     use super::*;
 

@@ -234,7 +234,7 @@ pub fn run(client: &mut Client, plan: SayPlan, stderr_is_terminal: bool, notes: 
     // that stopped answering altogether.
     let guard = Duration::from_millis(plan.request.timeout_ms.unwrap_or(600_000)) + Duration::from_secs(10);
     let _ = client.set_timeout(Some(guard));
-    let mut progress = Progress::new(&plan.sentences, stderr_is_terminal);
+    let mut progress = Progress::new(&plan.sentences, plan.request.length_scale, stderr_is_terminal);
     let mut rate = 0u32;
     let mut samples = 0u64;
     let mut sink_error = None;
