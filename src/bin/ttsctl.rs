@@ -114,9 +114,11 @@ fn run(command: Command, socket: &Path) -> u8 {
             }
         }
         Command::Health => {
+            // For a probe, a daemon that cannot be asked is unreachable,
+            // whatever the reason (the message says which).
             let mut c = match connect(socket) {
                 Ok(c) => c,
-                Err(code) => return code,
+                Err(_) => return EXIT_UNREACHABLE,
             };
             match c.health() {
                 Ok((state, reason)) => {
@@ -132,9 +134,8 @@ fn run(command: Command, socket: &Path) -> u8 {
                     }
                 }
                 Err(e) => {
-                    // A daemon that accepts but cannot answer is as good as gone.
-                    let f = hint::explain(&e, socket);
-                    fail(EXIT_UNREACHABLE.max(f.exit), f.message)
+                    explain(&e, socket);
+                    EXIT_UNREACHABLE
                 }
             }
         }

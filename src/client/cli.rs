@@ -70,7 +70,7 @@ pub enum Command {
     /// Speak text (an argument, or stdin with `-`) into a WAV file, stdout or a player.
     #[command(after_help = SAY_FOOTER)]
     Say(SayArgs),
-    /// Exit 0 if ready, 1 if degraded, starting or stopping (printing why), 2 if unreachable.
+    /// Exit 0 if ready, 1 if degraded, starting or stopping (printing why), 2 if it cannot be asked.
     #[command(after_help = FOOTER)]
     Health,
     /// Uptime, queue, workers (pid, state, jobs, restarts, RSS, heartbeat), totals, voices.
