@@ -147,6 +147,25 @@ mod say {
     }
 
     #[test]
+    fn play_streams_pcm_to_the_first_player_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = daemon();
+        let bin = tempfile::tempdir().unwrap();
+        let played = bin.path().join("played.raw");
+        let args = bin.path().join("args");
+        // A fake aplay that records its arguments and what it was fed.
+        let script = format!("#!/bin/sh\necho \"$@\" > '{}'\ncat > '{}'\n", args.display(), played.display());
+        std::fs::write(bin.path().join("aplay"), script).unwrap();
+        std::fs::set_permissions(bin.path().join("aplay"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("{}:/usr/bin:/bin", bin.path().display());
+        let out = ttsctl(&d.socket).args(["say", "Hello player", "--play"]).env("PATH", path).output().unwrap();
+        check(&out, 0);
+        assert_eq!(std::fs::read_to_string(&args).unwrap().trim(), "-q -t raw -f S16_LE -c 1 -r 22050");
+        let pcm = std::fs::read(&played).unwrap();
+        assert!(pcm.len() > 22050 / 2, "only {} bytes played", pcm.len());
+    }
+
+    #[test]
     fn play_without_a_player_says_what_to_install() {
         let empty = tempfile::tempdir().unwrap();
         let out = ttsctl(Path::new("/nonexistent/ttsd.sock"))
