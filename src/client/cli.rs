@@ -34,7 +34,7 @@ patched with the real sizes when stdout is a file, and announces the largest
 possible size when it is a pipe, which players such as aplay accept); --raw
 writes bare s16le mono PCM instead and prints the sample rate on stderr.
 Without -o or --play, audio goes to stdout unless stdout is a terminal. Audio is
-written as it is synthesized, so `ttsctl say - -o - < book.txt | aplay` starts
+written as it is synthesized, so `ttsctl say - -o - < chapter.txt | aplay` starts
 playing after the first sentence. A closed pipe (`| head -c 100`) ends ttsctl
 quietly with exit 0.
 
