@@ -7,7 +7,7 @@ use clap::Parser;
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use ttsd::client::cli::{Cli, Command, Output, Stdio, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
+use ttsd::client::cli::{Cli, Command, Output, Stdio, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use ttsd::client::say::{self, SayError};
 use ttsd::client::{self, hint, metrics, table, Client};
 use ttsd::protocol::HealthState;
@@ -114,11 +114,9 @@ fn run(command: Command, socket: &Path) -> u8 {
             }
         }
         Command::Health => {
-            // For a probe, a daemon that cannot be asked is unreachable,
-            // whatever the reason (the message says which).
             let mut c = match connect(socket) {
                 Ok(c) => c,
-                Err(_) => return EXIT_UNREACHABLE,
+                Err(code) => return code,
             };
             match c.health() {
                 Ok((state, reason)) => {
@@ -133,10 +131,7 @@ fn run(command: Command, socket: &Path) -> u8 {
                         EXIT_FAILED
                     }
                 }
-                Err(e) => {
-                    explain(&e, socket);
-                    EXIT_UNREACHABLE
-                }
+                Err(e) => explain(&e, socket),
             }
         }
         Command::Status { json: as_json } => {

@@ -11,9 +11,11 @@ use thiserror::Error;
 
 /// Success (for `health`: the daemon is ready).
 pub const EXIT_OK: u8 = 0;
-/// The request failed, or (`health`) the daemon is degraded, starting or stopping.
+/// The request failed or the daemon refused it, or (`health`) the daemon is
+/// degraded, starting or stopping.
 pub const EXIT_FAILED: u8 = 1;
-/// The daemon is unreachable: not running, not ours to use, or not answering.
+/// The daemon is unreachable: not running, no access to its socket file, or
+/// not answering.
 pub const EXIT_UNREACHABLE: u8 = 2;
 /// Bad arguments (sysexits.h EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -21,8 +23,11 @@ pub const EXIT_USAGE: u8 = 64;
 const FOOTER: &str = "\
 Exit codes:
   0   success (health: the daemon is ready)
-  1   the request failed, or the daemon is degraded, starting or stopping
-  2   the daemon is unreachable: not running, permission denied, or not answering
+  1   the request failed or was refused (the message starts with the daemon's
+      error code, e.g. permission_denied), or the daemon is degraded, starting
+      or stopping
+  2   the daemon is unreachable: not running, no access to its socket file,
+      or not answering
   64  usage error
 
 The socket is --socket PATH, else $TTSD_SOCKET, else $XDG_RUNTIME_DIR/ttsd.sock,
@@ -70,7 +75,7 @@ pub enum Command {
     /// Speak text (an argument, or stdin with `-`) into a WAV file, stdout or a player.
     #[command(after_help = SAY_FOOTER)]
     Say(SayArgs),
-    /// Exit 0 if ready, 1 if degraded, starting or stopping (printing why), 2 if it cannot be asked.
+    /// Exit 0 if ready, 1 if degraded, starting or stopping (printing why), 2 if unreachable.
     #[command(after_help = FOOTER)]
     Health,
     /// Uptime, queue, workers (pid, state, jobs, restarts, RSS, heartbeat), totals, voices.

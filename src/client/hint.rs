@@ -70,38 +70,42 @@ pub fn explain(e: &ClientError, socket: &Path) -> Failure {
     }
 }
 
+/// A refusal or failure the daemon reported: `code: what happened (fix)`,
+/// the code first so scripts can match it. The daemon answered, so it is
+/// reachable: exit 1, even for `permission_denied` and `unsupported_version`.
 fn explain_code(code: ErrorCode, message: &str, socket: &Path) -> Failure {
     let at = socket.display();
-    match code {
-        ErrorCode::PermissionDenied => unreachable(format!(
+    let text = match code {
+        ErrorCode::PermissionDenied => format!(
             "ttsd at {at} refused this user: {message} (add your uid to allowed_uids or your group to \
              allowed_gids in daemon.toml, or run ttsctl as the daemon's user)"
-        )),
-        ErrorCode::UnsupportedVersion => failed(format!(
+        ),
+        ErrorCode::UnsupportedVersion => format!(
             "ttsd at {at} speaks another protocol version ({message}); this ttsctl speaks version \
              {PROTOCOL_VERSION}: use the ttsctl built with the daemon"
-        )),
-        ErrorCode::Timeout => failed(format!(
-            "timed out: {message} (raise --timeout-ms, shorten the text, or add workers in daemon.toml)"
-        )),
-        ErrorCode::Overloaded => failed(format!(
-            "ttsd is overloaded: {message} (retry later, or raise queue_capacity / workers in daemon.toml)"
-        )),
-        ErrorCode::UnknownVoice => failed(format!("{message} (list the voices with `ttsctl voices`)")),
-        ErrorCode::Unavailable => failed(format!(
-            "ttsd cannot synthesize: {message} (see `ttsctl status`; check the voice files in daemon.toml)"
-        )),
-        ErrorCode::ShuttingDown => failed(format!("ttsd is shutting down: {message} (retry once it has restarted)")),
-        ErrorCode::WorkerCrashed => failed(format!(
-            "a ttsd worker crashed on this request: {message} (retry; if it happens again, report the text)"
-        )),
-        ErrorCode::BadRequest => failed(format!("ttsd refused the request: {message} (see `ttsctl say --help`)")),
-        ErrorCode::FrameTooLarge => failed(format!(
+        ),
+        ErrorCode::Timeout => {
+            format!("{message} (raise --timeout-ms, shorten the text, or add workers in daemon.toml)")
+        }
+        ErrorCode::Overloaded => {
+            format!("ttsd is overloaded: {message} (retry later, or raise queue_capacity / workers in daemon.toml)")
+        }
+        ErrorCode::UnknownVoice => format!("{message} (list the voices with `ttsctl voices`)"),
+        ErrorCode::Unavailable => {
+            format!("ttsd cannot synthesize: {message} (see `ttsctl status`; check the voice files in daemon.toml)")
+        }
+        ErrorCode::ShuttingDown => format!("ttsd is shutting down: {message} (retry once it has restarted)"),
+        ErrorCode::WorkerCrashed => {
+            format!("a worker crashed on this request: {message} (retry; if it happens again, report the text)")
+        }
+        ErrorCode::BadRequest => format!("ttsd refused the request: {message} (see `ttsctl say --help`)"),
+        ErrorCode::FrameTooLarge => format!(
             "the request is too large for ttsd: {message} (split the text, or raise max_frame_bytes in daemon.toml)"
-        )),
-        ErrorCode::Cancelled => failed(format!("the request was cancelled: {message}")),
-        c => failed(format!("ttsd answered {c}: {message} (check its log)")),
-    }
+        ),
+        ErrorCode::Cancelled => format!("the request was cancelled: {message}"),
+        _ => format!("{message} (check ttsd's log)"),
+    };
+    failed(format!("{code}: {text}"))
 }
 
 #[cfg(test)]
@@ -135,9 +139,13 @@ mod tests {
         for code in ErrorCode::ALL {
             let f = explain(&ClientError::Server { code, message: "why".into() }, p);
             assert!(f.message.contains("why"), "{code}: {}", f.message);
-            assert!(f.exit == 1 || f.exit == 2);
+            assert_eq!(f.exit, EXIT_FAILED);
+            assert!(f.message.starts_with(code.as_str()));
         }
         let f = explain(&ClientError::Server { code: ErrorCode::UnsupportedVersion, message: "x".into() }, p);
-        assert!(f.message.contains("protocol version"));
+        assert!(f.message.starts_with("unsupported_version: ") && f.message.contains("protocol version"));
+        // The daemon answered: refused, not unreachable.
+        let f = explain(&ClientError::Server { code: ErrorCode::PermissionDenied, message: "x".into() }, p);
+        assert!(f.message.starts_with("permission_denied: ") && f.exit == EXIT_FAILED, "{f:?}");
     }
 }
