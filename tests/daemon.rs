@@ -385,19 +385,35 @@ mod with_voice {
         d.client().say_collect(req(SHORT)).unwrap();
     }
 
+    /// After max_requests the worker is replaced; the old one keeps serving
+    /// until its successor is ready, so no request waits for a voice load.
     #[test]
     fn max_requests_recycles_workers_gracefully() {
         let d = Daemon::start("workers = 1\nmax_requests = 3");
-        let first = Daemon::worker_pids(&d.wait_idle(1, Duration::from_secs(60)));
+        let mut pids = Daemon::worker_pids(&d.wait_idle(1, Duration::from_secs(60)));
         let mut c = d.client();
-        for i in 0..7 {
-            let (done, rate, samples) = c.say_collect(req(&format!("Recycle me {i}."))).unwrap();
-            assert_valid_audio(rate, &samples, done.audio_seconds);
+        for round in 1..=2u64 {
+            for i in 0..3 {
+                let (done, rate, samples) = c.say_collect(req(&format!("Recycle me {i}."))).unwrap();
+                assert_valid_audio(rate, &samples, done.audio_seconds);
+            }
+            let t = Instant::now();
+            let s = loop {
+                let s = d.status();
+                let now = Daemon::worker_pids(&s);
+                if now.len() == 1 && now != pids && s.workers[0].state == WorkerState::Idle {
+                    break s;
+                }
+                assert!(t.elapsed() < Duration::from_secs(30), "{s:#?}");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert_eq!(s.worker_recycles, round);
+            assert_eq!(s.workers[0].jobs_done, 0);
+            pids = Daemon::worker_pids(&s);
         }
-        let s = d.wait_idle(1, Duration::from_secs(60));
-        assert_ne!(Daemon::worker_pids(&s), first);
-        assert!(s.worker_recycles >= 2, "{s:#?}");
+        let s = d.status();
         assert_eq!(s.worker_restarts, 0);
+        assert_eq!(s.totals.done, 6);
         assert!(s.totals.errors.is_empty());
     }
 
