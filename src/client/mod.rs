@@ -5,7 +5,15 @@
 //! a time per connection (open more connections for concurrency, or use
 //! [`Client::send`] / [`Client::recv`] directly to pipeline). It never
 //! retries or reconnects on its own.
+pub mod cli;
 pub mod display;
+pub mod hint;
+pub mod metrics;
+pub mod player;
+pub mod progress;
+pub mod say;
+pub mod sink;
+pub mod table;
 pub mod wav;
 
 use crate::protocol::{
@@ -72,7 +80,14 @@ impl Client {
         let stream =
             UnixStream::connect(path).map_err(|e| ClientError::Connect { path: path.to_path_buf(), source: e })?;
         let mut c = Self { stream, server: String::new(), next_id: 1 };
-        c.send(&Request::Hello { version: PROTOCOL_VERSION, client: client_name.to_string() })?;
+        if let Err(e) = c.send(&Request::Hello { version: PROTOCOL_VERSION, client: client_name.to_string() }) {
+            // A refused peer is told why and closed, maybe before our Hello
+            // got through: prefer the daemon's reason to the broken pipe.
+            return match c.recv() {
+                Ok(Reply::Error { code, message, .. }) => Err(ClientError::Server { code, message }),
+                _ => Err(e),
+            };
+        }
         match c.recv()? {
             Reply::HelloOk { server, .. } => c.server = server,
             Reply::Error { code, message, .. } => return Err(ClientError::Server { code, message }),
