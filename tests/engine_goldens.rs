@@ -199,6 +199,8 @@ fn bad_parameters_and_ids_are_rejected_clearly() {
         SynthParams { noise_scale: f32::INFINITY, ..Default::default() },
         SynthParams { noise_w: -1.0, ..Default::default() },
         SynthParams { speaker: 1, ..Default::default() },
+        SynthParams { length_scale: 1e30, ..Default::default() },
+        SynthParams { noise_w: 1e9, ..Default::default() },
     ] {
         assert!(matches!(run(&mut engine, &ids, p.clone()), Err(EngineError::InvalidInput(_))), "{p:?}");
     }

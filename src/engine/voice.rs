@@ -26,6 +26,11 @@ pub struct VoiceInfo {
     pub num_symbols: u32,
 }
 
+/// Largest `length_scale` accepted (20x slower than the voice's pace).
+pub const MAX_LENGTH_SCALE: f32 = 20.0;
+/// Largest `noise_scale` / `noise_w` accepted (Piper's defaults are < 1).
+pub const MAX_NOISE: f32 = 10.0;
+
 /// Frames in the first chunk of a streamed sentence (small, for a quick
 /// first chunk: the flow and the decoder run on just these frames and their
 /// receptive field) and in each decoder window after it.
@@ -101,13 +106,15 @@ impl Voice {
 
     /// Rejects parameters the model cannot use, with a message naming them.
     pub fn check_params(&self, p: &SynthParams) -> Result<(), EngineError> {
-        let bad = |what: &str, v: f32| EngineError::InvalidInput(format!("{what} must be a finite number > 0, got {v}"));
-        if !p.length_scale.is_finite() || p.length_scale <= 0.0 {
-            return Err(bad("length_scale", p.length_scale));
+        if !p.length_scale.is_finite() || p.length_scale <= 0.0 || p.length_scale > MAX_LENGTH_SCALE {
+            return Err(EngineError::InvalidInput(format!(
+                "length_scale must be a number in (0, {MAX_LENGTH_SCALE}], got {}",
+                p.length_scale
+            )));
         }
         for (what, v) in [("noise_scale", p.noise_scale), ("noise_w", p.noise_w)] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(EngineError::InvalidInput(format!("{what} must be a finite number >= 0, got {v}")));
+            if !v.is_finite() || !(0.0..=MAX_NOISE).contains(&v) {
+                return Err(EngineError::InvalidInput(format!("{what} must be a number in [0, {MAX_NOISE}], got {v}")));
             }
         }
         if p.speaker as usize >= self.model.config.n_speakers {

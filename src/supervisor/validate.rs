@@ -49,16 +49,19 @@ pub fn check(
             }
         }
     }
+    // The engine's bounds (it checks them again): absurd finite values would
+    // expand a sentence without limit.
+    use crate::engine::voice::{MAX_LENGTH_SCALE, MAX_NOISE};
     if let Some(v) = req.length_scale {
-        if !v.is_finite() || v <= 0.0 {
-            return bad(format!("length_scale must be a finite number above 0, got {v}"));
+        if !v.is_finite() || v <= 0.0 || v > MAX_LENGTH_SCALE {
+            return bad(format!("length_scale must be a number in (0, {MAX_LENGTH_SCALE}], got {v}"));
         }
     }
     // 0 is a valid noise scale (deterministic output), as in Piper.
     for (what, v) in [("noise_scale", req.noise_scale), ("noise_w", req.noise_w)] {
         if let Some(v) = v {
-            if !v.is_finite() || v < 0.0 {
-                return bad(format!("{what} must be a finite number >= 0, got {v}"));
+            if !v.is_finite() || !(0.0..=MAX_NOISE).contains(&v) {
+                return bad(format!("{what} must be a number in [0, {MAX_NOISE}], got {v}"));
             }
         }
     }
@@ -111,10 +114,10 @@ mod tests {
         assert_eq!(code(t(&"a".repeat(101))), ErrorCode::BadRequest);
         assert!(run(t(&"é".repeat(100)), false).is_ok(), "characters, not bytes");
         assert_eq!(code(SynthRequest { voice: Some("bob".into()), ..t("Hi") }), ErrorCode::UnknownVoice);
-        for bad in [f32::NAN, f32::INFINITY, 0.0, -1.0] {
+        for bad in [f32::NAN, f32::INFINITY, 0.0, -1.0, 1e30] {
             assert_eq!(code(SynthRequest { length_scale: Some(bad), ..t("Hi") }), ErrorCode::BadRequest);
         }
-        for bad in [f32::NAN, f32::NEG_INFINITY, -0.5] {
+        for bad in [f32::NAN, f32::NEG_INFINITY, -0.5, 1e9] {
             assert_eq!(code(SynthRequest { noise_w: Some(bad), ..t("Hi") }), ErrorCode::BadRequest);
             assert_eq!(code(SynthRequest { noise_scale: Some(bad), ..t("Hi") }), ErrorCode::BadRequest);
         }

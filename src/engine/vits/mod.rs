@@ -21,6 +21,10 @@ use self::ops::{array, check, Cancelled, Result};
 use crate::engine::weights::Weights;
 use crate::engine::EngineError;
 
+/// Most decoder frames one sentence may expand to (about 12 minutes of audio
+/// at 22.05 kHz with a hop of 256): bounds memory whatever the durations.
+pub const MAX_FRAMES: u32 = 1 << 16;
+
 /// Hyper-parameters, inferred from weight names and shapes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VitsConfig {
@@ -216,7 +220,13 @@ impl Vits {
         let logw = self.dp.forward(&enc.hidden, g, noise_w, &k_dur)?; // [L, 1]
         let w = ops::scale(&mlx_rs::ops::exp(&logw)?, length_scale)?;
         let w_ceil = mlx_rs::ops::ceil(&w)?;
-        let durations: Vec<u32> = ops::to_vec(&w_ceil)?.iter().map(|&v| v.max(0.0) as u32).collect();
+        let durations: Vec<u32> = ops::to_vec(&w_ceil)?.iter().map(|&v| v.clamp(0.0, MAX_FRAMES as f32) as u32).collect();
+        let total: u64 = durations.iter().map(|&d| d as u64).sum();
+        if total > MAX_FRAMES as u64 {
+            return Err(EngineError::InvalidInput(format!(
+                "one sentence would last {total} frames, more than the {MAX_FRAMES} allowed: split the text or lower length_scale"
+            )));
+        }
         check(cancelled)?;
 
         // Alignment expansion: frame t takes phoneme i's prior when t falls in i's span.
