@@ -30,6 +30,10 @@ use tokio::sync::{mpsc, watch};
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How often the arbiter looks at clocks when nothing else happens.
 pub const TICK: Duration = Duration::from_millis(20);
+/// A gap this long between two supervision passes means the supervisor
+/// itself was not running (machine overloaded, SIGSTOP): worker messages may
+/// be waiting unread, so no worker is judged until it has been awake this long.
+pub const STALL: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 pub enum Event {
@@ -89,6 +93,8 @@ pub struct Arbiter {
     shutdown: Option<Instant>,
     restarts_total: u64,
     recycles_total: u64,
+    last_pass: Instant,
+    awake_since: Instant,
 }
 
 fn ms(v: u64) -> Duration {
@@ -130,6 +136,8 @@ impl Arbiter {
             shutdown: None,
             restarts_total: 0,
             recycles_total: 0,
+            last_pass: now,
+            awake_since: now,
         };
         a.adopt_layout();
         a
@@ -574,7 +582,17 @@ impl Arbiter {
     /// The supervision pass, after every event and tick.
     fn maintain(&mut self) {
         let now = Instant::now();
-        self.kill_stuck(now);
+        let gap = now.duration_since(self.last_pass);
+        if gap > STALL {
+            self.awake_since = now;
+            if gap > Duration::from_secs(1) {
+                crate::logln!("ttsd: supervisor was not scheduled for {} ms; re-reading workers before judging them", gap.as_millis());
+            }
+        }
+        self.last_pass = now;
+        if now.duration_since(self.awake_since) >= STALL {
+            self.kill_stuck(now);
+        }
         self.expire_queued(now);
         if self.shutdown.is_some() {
             return;
