@@ -93,8 +93,20 @@ mod protocol_rules {
     #[test]
     fn connections_over_max_connections_are_refused_with_overloaded() {
         let d = Daemon::start("max_connections = 2");
-        let mut a = d.client();
-        let _b = d.client();
+        // Connections closed just before (the harness's probes) are released
+        // asynchronously: retry until two are held.
+        let hold = || {
+            let t = Instant::now();
+            loop {
+                match Client::connect(&d.socket) {
+                    Ok(c) => return c,
+                    Err(e) => assert!(t.elapsed() < Duration::from_secs(2), "{e}"),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let mut a = hold();
+        let _b = hold();
         let mut s = raw(&d);
         match read(&mut s) {
             Some(Reply::Error { id: None, code: ErrorCode::Overloaded, message }) => assert!(message.contains("connections")),
@@ -205,6 +217,31 @@ fn a_corrupt_voice_file_is_reported_as_degraded() {
     assert_eq!(err.code(), Some(ErrorCode::Unavailable));
 }
 
+fn ttsctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ttsctl")).arg("--socket").arg(socket).args(args).output().unwrap()
+}
+
+#[test]
+fn ttsctl_health_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ttsctl(&dir.path().join("none.sock"), &["health"]);
+    assert_eq!(out.status.code(), Some(2), "unreachable");
+    let d = Daemon::start("voices = [{ name = \"ghost\", path = \"/nonexistent/ghost.onnx\" }]");
+    let t = Instant::now();
+    loop {
+        let out = ttsctl(&d.socket, &["health"]);
+        if String::from_utf8_lossy(&out.stdout).starts_with("degraded") {
+            assert_eq!(out.status.code(), Some(1));
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = ttsctl(&d.socket, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "degraded");
+}
+
 /// Everything below needs the real engine.
 mod with_voice {
     use super::*;
@@ -287,13 +324,11 @@ mod with_voice {
         assert!(!s.workers.iter().any(|x| x.pid == w.pid));
     }
 
-    /// The deadline is met by construction: SIGALRM in the worker ends the
-    /// job at the engine's next cancellation check, and the supervisor kills
-    /// a worker still busy at deadline + kill_grace_ms (900 ms here). The
-    /// worker survives when the engine checks in time, which it does unless
-    /// the machine is badly oversubscribed (then it is replaced, once).
+    /// SIGALRM in the worker ends the job at the engine's next cancellation
+    /// check (tens of milliseconds) and the worker stays up. The supervisor's
+    /// backstop (kill at deadline + kill_grace_ms) must not be needed.
     #[test]
-    fn a_short_deadline_ends_in_timeout_within_1100_ms_and_the_next_request_succeeds() {
+    fn a_short_deadline_ends_in_timeout_within_1100_ms_and_the_worker_stays_up() {
         let d = Daemon::start("kill_grace_ms = 900");
         let before = Daemon::worker_pids(&d.wait_idle(2, Duration::from_secs(60)));
         let mut c = d.client();
@@ -302,15 +337,12 @@ mod with_voice {
         let took = t.elapsed();
         assert_eq!(err.code(), Some(ErrorCode::Timeout), "{err}");
         assert!(took < Duration::from_millis(1100), "timeout answered after {took:?}");
+        assert!(!err.to_string().contains("killed"), "the worker did not stop by itself: {err}");
         let (done, rate, samples) = c.say_collect(req(SHORT)).unwrap();
         assert_valid_audio(rate, &samples, done.audio_seconds);
         let s = d.status();
-        if err.to_string().contains("killed") {
-            assert_eq!(s.worker_restarts, 1, "a deadline kill is one restart");
-        } else {
-            assert_eq!(Daemon::worker_pids(&s), before, "the worker should survive a cooperative timeout");
-            assert_eq!(s.worker_restarts, 0);
-        }
+        assert_eq!(Daemon::worker_pids(&s), before, "the worker should survive a timeout");
+        assert_eq!(s.worker_restarts, 0);
     }
 
     #[test]
@@ -481,6 +513,22 @@ mod with_voice {
         let s = d.status();
         assert_eq!(Daemon::worker_pids(&s), before);
         d.client().say_collect(req(SHORT)).unwrap();
+    }
+
+    #[test]
+    fn ttsctl_says_into_a_wav_file() {
+        let d = Daemon::start("");
+        d.wait_idle(1, Duration::from_secs(60));
+        assert!(ttsctl(&d.socket, &["health"]).status.success());
+        let wav = d.dir.path().join("out.wav");
+        let out = ttsctl(&d.socket, &["say", SHORT, "-o", wav.to_str().unwrap(), "--timeout-ms", "20000"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut r = hound::WavReader::open(&wav).unwrap();
+        let samples: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
+        assert_valid_audio(r.spec().sample_rate, &samples, samples.len() as f64 / 22050.0);
+        let out = ttsctl(&d.socket, &["say", SHORT, "-o", wav.to_str().unwrap(), "--voice", "nobody"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_voice"));
     }
 
     #[test]
