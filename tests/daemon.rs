@@ -449,6 +449,36 @@ mod with_voice {
         assert!(s.totals.errors.is_empty());
     }
 
+    /// Regression: replies for a client that stopped reading were queued in
+    /// the supervisor without bound. Now the connection is dropped once a
+    /// frame has waited `WRITE_STALL_TIMEOUT` and its request is cancelled.
+    #[test]
+    fn a_client_that_stops_reading_is_dropped_not_buffered_for() {
+        let d = Daemon::start("");
+        d.wait_idle(2, Duration::from_secs(60));
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        protocol::write_frame(&mut s, &Request::Hello { version: PROTOCOL_VERSION, client: "mute".into() }).unwrap();
+        let text = [LONG; 4].join(" ");
+        let long = SynthRequest { id: 1, stream: true, timeout_ms: Some(120_000), ..SynthRequest::text(text) };
+        protocol::write_frame(&mut s, &Request::Synthesize(long)).unwrap();
+        // Never read. The daemon must give up on this connection by itself.
+        let t = Instant::now();
+        let stall = ttsd::supervisor::conn::WRITE_STALL_TIMEOUT;
+        loop {
+            let st = d.status();
+            let cancelled = st.totals.errors.iter().find(|(c, _)| *c == ErrorCode::Cancelled).map_or(0, |e| e.1);
+            if cancelled >= 1 && st.connections <= 1 {
+                break;
+            }
+            assert!(t.elapsed() < stall + Duration::from_secs(40), "still connected: {st:#?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(t.elapsed() >= stall, "dropped before the stall timeout");
+        let (done, rate, samples) = d.client().say_collect(req(SHORT)).unwrap();
+        assert_valid_audio(rate, &samples, done.audio_seconds);
+        drop(s);
+    }
+
     #[test]
     fn sigterm_under_load_answers_everything_and_removes_the_socket() {
         let mut d = Daemon::start("queue_capacity = 8");

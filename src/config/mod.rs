@@ -216,6 +216,12 @@ impl Config {
         }
     }
 
+    /// BLAS threads per worker: the cores shared out among the workers.
+    pub fn blas_threads(&self) -> usize {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        (cores / self.worker_count().max(1)).max(1)
+    }
+
     /// The socket path: `socket`, else [`default_socket_path`].
     pub fn socket_path(&self) -> PathBuf {
         if self.socket.is_empty() {

@@ -2,16 +2,20 @@
 //! events) and replies out (from an outbox, written by its own task).
 //!
 //! Owns the connection rules of PROTOCOL.md: Hello first, malformed frames
-//! answered and skipped, oversized frames answered and the connection closed.
-//! It never decides anything about a request; the arbiter does.
+//! answered and skipped, oversized frames answered and the connection closed,
+//! and a client that stops reading is dropped rather than buffered for
+//! without bound (see [`Outbox`]). It never decides anything about a
+//! request; the arbiter does.
 use super::arbiter::{Event, Query};
 use super::request::ConnId;
 use crate::protocol::{self, ErrorCode, FrameError, Reply, Request, PROTOCOL_VERSION};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// What the writer task sends.
 #[derive(Debug)]
@@ -21,7 +25,44 @@ pub enum Outbound {
     Close,
 }
 
-pub type Outbox = mpsc::UnboundedSender<Outbound>;
+impl Outbound {
+    /// Bytes this will take on the wire, near enough to bound a backlog.
+    fn weight(&self) -> usize {
+        match self {
+            Outbound::Frame(Reply::Audio { samples, .. }) => 64 + 2 * samples.len(),
+            _ => 256,
+        }
+    }
+}
+
+/// Replies waiting to be written to one client. A client that stops reading
+/// is not buffered for without bound: when one frame cannot be written for
+/// [`WRITE_STALL_TIMEOUT`], or the backlog passes [`MAX_BACKLOG_BYTES`], the
+/// connection is closed and, as for any disconnect, its requests cancelled.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Outbound>,
+    backlog: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Queue `o`; Err when the connection is gone or over its backlog limit.
+    pub fn send(&self, o: Outbound) -> Result<(), ()> {
+        let w = o.weight();
+        if self.backlog.fetch_add(w, Ordering::SeqCst) + w > MAX_BACKLOG_BYTES {
+            self.closed.notify_waiters();
+            self.closed.notify_one();
+            return Err(());
+        }
+        self.tx.send(o).map_err(|_| ())
+    }
+}
+
+/// Longest a single frame may wait for a client to read it.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most reply bytes queued for one client.
+pub const MAX_BACKLOG_BYTES: usize = 256 << 20;
 
 /// How long a new connection may take to send Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,8 +81,9 @@ pub async fn serve<G: Send + 'static>(
     guard: G,
 ) {
     let (mut rd, wr) = stream.into_split();
-    let (out, out_rx) = mpsc::unbounded_channel();
-    tokio::spawn(write_loop(wr, out_rx, guard));
+    let (tx, out_rx) = mpsc::unbounded_channel();
+    let out = Outbox { tx, backlog: Arc::new(AtomicUsize::new(0)), closed: Arc::new(Notify::new()) };
+    tokio::spawn(write_loop(wr, out_rx, out.backlog.clone(), out.closed.clone(), guard));
 
     match tokio::time::timeout(HELLO_TIMEOUT, protocol::read_frame_async::<Request, _>(&mut rd, max_frame)).await {
         Ok(Ok(Some(Request::Hello { version, .. }))) if version == PROTOCOL_VERSION => {
@@ -84,7 +126,12 @@ pub async fn serve<G: Send + 'static>(
         return;
     }
     loop {
-        let ev = match protocol::read_frame_async::<Request, _>(&mut rd, max_frame).await {
+        let frame = tokio::select! {
+            f = protocol::read_frame_async::<Request, _>(&mut rd, max_frame) => f,
+            // The writer gave up on a client that does not read.
+            _ = out.closed.notified() => break,
+        };
+        let ev = match frame {
             Ok(Some(Request::Synthesize(req))) => Event::Submit { conn, req, arrived: Instant::now() },
             Ok(Some(Request::Cancel { id })) => Event::Cancel { conn, id },
             Ok(Some(Request::Status)) => Event::Query { conn, what: Query::Status },
@@ -122,18 +169,45 @@ pub async fn refuse(mut stream: UnixStream, code: ErrorCode, message: String) {
     let _ = stream.shutdown().await;
 }
 
-async fn write_loop<G>(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outbound>, guard: G) {
-    while let Some(o) = rx.recv().await {
+/// Writes queued replies until every [`Outbox`] is gone, a `Close`, or a
+/// client that stops reading. Holds no sender itself, so the connection ends
+/// (and `guard` is released) once the reader and the arbiter let go.
+async fn write_loop<G>(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    backlog: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
+    guard: G,
+) {
+    loop {
+        let o = tokio::select! {
+            o = rx.recv() => o,
+            _ = closed.notified() => None,
+        };
+        let Some(o) = o else { break };
+        let weight = o.weight();
         match o {
             Outbound::Frame(reply) => {
                 let Ok(bytes) = protocol::encode(&reply) else { continue };
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
+                match tokio::time::timeout(WRITE_STALL_TIMEOUT, wr.write_all(&bytes)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        crate::logln!(
+                            "ttsd: a client read nothing for {} s ({} bytes waiting); closing its connection",
+                            WRITE_STALL_TIMEOUT.as_secs(),
+                            backlog.load(Ordering::SeqCst)
+                        );
+                        break;
+                    }
                 }
             }
             Outbound::Close => break,
         }
+        backlog.fetch_sub(weight, Ordering::SeqCst);
     }
+    // Wake the reader so that the arbiter hears of the disconnect.
+    closed.notify_one();
     let _ = wr.shutdown().await;
     drop(guard);
 }

@@ -100,6 +100,7 @@ pub fn spawn(
     generation: u64,
     init: ToWorker,
     max_jobs: Option<u64>,
+    blas_threads: usize,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<WorkerHandle> {
     let (ours, theirs) = StdUnixStream::pair()?;
@@ -111,6 +112,13 @@ pub fn spawn(
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    // Workers share the cores: each one's BLAS gets its share, unless the
+    // operator chose (a BLAS that spins for more threads than cores stalls).
+    for var in ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            cmd.env(var, blas_threads.to_string());
+        }
+    }
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     ours.set_nonblocking(true)?;
