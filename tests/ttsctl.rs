@@ -467,10 +467,13 @@ mod activation {
 mod docs {
     use ttsd::protocol::{encode, HealthState, Input, Reply, Request, SynthRequest};
 
-    /// The hex bytes of each ``` block of docs/protocol-examples.md: on
-    /// every line, the leading two-digit hex tokens (the rest is annotation).
+    const SESSION_HEADING: &str = "## An annotated session, byte by byte";
+
+    /// The hex bytes of each ``` block of PROTOCOL.md's annotated session:
+    /// on every line, the leading two-digit hex tokens (the rest is annotation).
     fn blocks() -> Vec<Option<Vec<u8>>> {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol-examples.md")).unwrap();
+        let all = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).unwrap();
+        let doc = &all[all.find(SESSION_HEADING).expect("PROTOCOL.md has the annotated session")..];
         let mut out = Vec::new();
         let mut cur: Option<(Vec<u8>, bool)> = None;
         for line in doc.lines() {
@@ -528,7 +531,7 @@ mod docs {
             (9, encode(&Reply::Health { state: HealthState::Ready, reason: None }).unwrap()),
         ];
         for (i, bytes) in cases {
-            assert_eq!(hex(i), bytes, "block {i} of docs/protocol-examples.md");
+            assert_eq!(hex(i), bytes, "block {i} of PROTOCOL.md's annotated session");
         }
         assert!(b[4].is_none() && b[7].is_none(), "elided blocks are recognised");
     }

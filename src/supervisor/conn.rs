@@ -47,6 +47,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// An outbox feeding `tx`, with an empty backlog.
+    pub fn new(tx: mpsc::UnboundedSender<Outbound>) -> Self {
+        Self { tx, backlog: Arc::new(AtomicUsize::new(0)), closed: Arc::new(Notify::new()) }
+    }
+
     /// Queue `o`; Err when the connection is gone or over its backlog limit.
     pub fn send(&self, o: Outbound) -> Result<(), ()> {
         let w = o.weight();
@@ -82,7 +87,7 @@ pub async fn serve<G: Send + 'static>(
 ) {
     let (mut rd, wr) = stream.into_split();
     let (tx, out_rx) = mpsc::unbounded_channel();
-    let out = Outbox { tx, backlog: Arc::new(AtomicUsize::new(0)), closed: Arc::new(Notify::new()) };
+    let out = Outbox::new(tx);
     tokio::spawn(write_loop(wr, out_rx, out.backlog.clone(), out.closed.clone(), guard));
 
     match tokio::time::timeout(HELLO_TIMEOUT, protocol::read_frame_async::<Request, _>(&mut rd, max_frame)).await {

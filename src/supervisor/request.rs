@@ -230,7 +230,7 @@ mod tests {
         let outcomes = Arc::new(Outcomes::default());
         let req = SynthRequest { id: 5, stream, ..SynthRequest::text("hello") };
         let now = Instant::now();
-        (Pending::new(1, req, "joe".into(), now, now, tx, outcomes.clone()), rx, outcomes)
+        (Pending::new(1, req, "joe".into(), now, now, Outbox::new(tx), outcomes.clone()), rx, outcomes)
     }
 
     fn frames(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<Reply> {
