@@ -13,7 +13,7 @@ fn main() {
     let m = v.model();
     for _ in 0..3 {
         let (w0, c0) = (Instant::now(), cpu());
-        let lat = m.latent(&ids, None, 1.0, 0.667, 0.8, 1, &|| false).unwrap();
+        let lat = m.latent(&ids, None, ttsd::engine::vits::Sampling { length_scale: 1.0, noise_scale: 0.667, noise_w: 0.8, seed: 1 }, &|| false).unwrap();
         let (w1, c1) = (Instant::now(), cpu());
         let a = m.dec.forward(&lat.z, None).unwrap();
         a.eval().unwrap();

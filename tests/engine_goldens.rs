@@ -131,7 +131,7 @@ fn windowed_decoding_equals_whole_sentence_decoding() {
     assert!(max_diff < 1e-4, "stitched audio differs from whole decoding by up to {max_diff}");
 
     // The streamed first chunk runs the flow on its frames and their context only.
-    let prior = voice.model().prior(&case.ids, None, 1.0, 0.0, 0.0, 0, &|| false).unwrap();
+    let prior = voice.model().prior(&case.ids, None, ttsd::engine::vits::Sampling::noiseless(1.0), &|| false).unwrap();
     let ctx = voice.model().dec.context_frames();
     let head = voice.model().flow_head(&prior.z_p, 24 + ctx, None, &|| false).unwrap();
     let first = ttsd::engine::vits::ops::to_vec(&voice.model().decode_window(&head, 0, 24, None, &|| false).unwrap()).unwrap();

@@ -52,6 +52,13 @@ pub struct SynthParams {
     pub stream: bool,
 }
 
+impl SynthParams {
+    /// The model's sampling settings for one sentence, with `seed`.
+    pub fn sampling(&self, seed: u64) -> vits::Sampling {
+        vits::Sampling { length_scale: self.length_scale, noise_scale: self.noise_scale, noise_w: self.noise_w, seed }
+    }
+}
+
 impl Default for SynthParams {
     fn default() -> Self {
         Self { speaker: 0, length_scale: 1.0, noise_scale: 0.667, noise_w: 0.8, seed: None, raw: false, stream: false }

@@ -197,8 +197,7 @@ impl Voice {
 
         for (index, ids) in sentences.iter().enumerate() {
             check()?;
-            let (ls, ns, nw) = (params.length_scale, params.noise_scale, params.noise_w);
-            let prior = self.model.prior(ids, g.as_ref(), ls, ns, nw, seed, cancelled)?;
+            let prior = self.model.prior(ids, g.as_ref(), params.sampling(seed), cancelled)?;
             seed = seed.wrapping_add(1);
             let frames = prior.z_p.shape()[0] as usize;
             let mut start = 0;
@@ -243,7 +242,7 @@ impl Voice {
         self.check_params(params)?;
         self.check_ids(ids)?;
         let g = self.model.speaker(params.speaker)?;
-        let latent = self.model.latent(ids, g.as_ref(), params.length_scale, params.noise_scale, params.noise_w, params.seed.unwrap_or(0), &|| false)?;
+        let latent = self.model.latent(ids, g.as_ref(), params.sampling(params.seed.unwrap_or(0)), &|| false)?;
         let audio = to_vec(&self.model.dec.forward(&latent.z, g.as_ref())?)?;
         Ok((latent.durations, latent.z, audio))
     }

@@ -135,6 +135,22 @@ pub struct Vits {
     emb_g: Option<Array>,
 }
 
+/// How one sentence is sampled: pace, noise, and the seed of that noise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub length_scale: f32,
+    pub noise_scale: f32,
+    pub noise_w: f32,
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// Noise off: the deterministic output the goldens were made with.
+    pub fn noiseless(length_scale: f32) -> Self {
+        Self { length_scale, noise_scale: 0.0, noise_w: 0.0, seed: 0 }
+    }
+}
+
 /// The prior of one sentence: durations and the sampled `z_p` `[T, C]`.
 pub struct Prior {
     /// Frames per phoneme id (VITS's `w_ceil`).
@@ -184,34 +200,15 @@ impl Vits {
     /// Text encoder, durations, alignment expansion, prior sampling and the
     /// reverse flow: everything before the decoder. Evaluates `z`; polls
     /// `cancelled` between stages.
-    #[allow(clippy::too_many_arguments)]
-    pub fn latent(
-        &self,
-        ids: &[i64],
-        g: Option<&Array>,
-        length_scale: f32,
-        noise_scale: f32,
-        noise_w: f32,
-        seed: u64,
-        cancelled: Cancelled,
-    ) -> Result<Latent> {
-        let prior = self.prior(ids, g, length_scale, noise_scale, noise_w, seed, cancelled)?;
+    pub fn latent(&self, ids: &[i64], g: Option<&Array>, sampling: Sampling, cancelled: Cancelled) -> Result<Latent> {
+        let prior = self.prior(ids, g, sampling, cancelled)?;
         let z = self.flow.reverse(&prior.z_p, g, cancelled)?;
         Ok(Latent { durations: prior.durations, z })
     }
 
     /// Text encoder, durations, alignment expansion and prior sampling.
-    #[allow(clippy::too_many_arguments)]
-    pub fn prior(
-        &self,
-        ids: &[i64],
-        g: Option<&Array>,
-        length_scale: f32,
-        noise_scale: f32,
-        noise_w: f32,
-        seed: u64,
-        cancelled: Cancelled,
-    ) -> Result<Prior> {
+    pub fn prior(&self, ids: &[i64], g: Option<&Array>, sampling: Sampling, cancelled: Cancelled) -> Result<Prior> {
+        let Sampling { length_scale, noise_scale, noise_w, seed } = sampling;
         let key = mlx_rs::random::key(seed)?;
         let (k_dur, k_prior) = mlx_rs::random::split(&key, 2)?;
         let enc = self.enc_p.forward(ids)?;
@@ -412,7 +409,7 @@ mod tests {
         let mut outs = vec![];
         for speaker in [0, 2] {
             let g = model.speaker(speaker).unwrap();
-            let lat = model.latent(&ids, g.as_ref(), 1.0, 0.0, 0.0, 0, &|| false).unwrap();
+            let lat = model.latent(&ids, g.as_ref(), Sampling::noiseless(1.0), &|| false).unwrap();
             let frames: u32 = lat.durations.iter().sum();
             assert_eq!(lat.z.shape()[0] as u32, frames.max(1));
             let audio = ops::to_vec(&model.dec.forward(&lat.z, g.as_ref()).unwrap()).unwrap();
