@@ -162,13 +162,17 @@ fn plan(a: &Args) -> Result<Plan> {
         stream_fraction: 0.5,
         kill_every_s: 0.0,
         stop_every_s: 0.0,
-        stop_for_s: 5.0,
+        stop_for_s: 6.0,
         fault_fraction: 0.0,
         fault_kinds: all.clone(),
         attack_every_s: 0.0,
         nonreader: 0,
         nonreader_every_s: 0.0,
-        hang_timeout_ms: 3000,
+        // Heartbeats go out between engine stages, so hang_timeout_ms must
+        // stay well above the longest stage on a loaded 2-core machine (a
+        // stage of a short text can take 1-2 s when the cores are shared),
+        // or a busy healthy worker is killed as hung.
+        hang_timeout_ms: 4000,
         timeout_ms: 30_000,
         max_rss_mb: 0,
         seed: a.seed,
@@ -186,7 +190,6 @@ fn plan(a: &Args) -> Result<Plan> {
             // hang_timeout), a slow flag, bad frames, a disconnect in the
             // middle of a stream, a client that never reads.
             p.duration_s = Some(16.0);
-            p.hang_timeout_ms = 1500;
             p.nonreader = 2;
             p.scripted = vec![
                 at(0.5, Action::Malformed),
