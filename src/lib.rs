@@ -1,11 +1,30 @@
 //! ttsd: a local text-to-speech daemon.
+//!
+//! # Layout
+//! - [`protocol`]: wire types and framing, shared by clients and the daemon.
+//! - [`supervisor`]: the daemon proper (socket, queue, workers, health); never
+//!   touches MLX or espeak-ng.
+//! - [`worker`]: a worker process, running the engine on its main thread.
+//! - [`engine`]: voices, phonemizer and the VITS model on MLX.
+//! - [`client`]: the library client used by `ttsctl`, tests and the stress
+//!   harness. [`config`]: `daemon.toml`. [`log`]: one-line stderr logging.
+//! - [`mlx_info`], [`synth_cli`], [`bench`]: `ttsd --version`, `ttsd synth`,
+//!   `ttsd-bench`.
 pub mod bench;
+pub mod client;
+pub mod config;
 pub mod engine;
+pub mod log;
 pub mod mlx_info;
+pub mod protocol;
+pub mod supervisor;
 pub mod synth_cli;
 pub mod worker;
-pub mod protocol;
-pub mod config;
-pub mod supervisor;
-pub mod log;
-pub mod client;
+
+/// Unit tests that call MLX take this lock: MLX is not thread-safe, and
+/// libtest runs tests on several threads.
+#[cfg(test)]
+pub(crate) fn mlx_test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -129,12 +129,14 @@ pub fn gemm_gflops(n: i32, reps: usize) -> Result<f64, mlx_rs::error::Exception>
 mod tests {
     #[test]
     fn matmul_and_conv1d_give_the_right_numbers() {
+        let _mlx = crate::mlx_test_lock();
         let err = super::smoke().unwrap();
         assert!(err < 1e-5, "max error {err}");
     }
 
     #[test]
     fn reports_mlx_version_and_an_optimized_blas() {
+        let _mlx = crate::mlx_test_lock();
         let _ = super::smoke().unwrap();
         assert_eq!(super::mlx_version(), "0.32.2");
         let blas = super::blas();

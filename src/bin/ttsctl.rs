@@ -1,6 +1,7 @@
 //! ttsctl: a thin command line over `ttsd::client`. Parsing and printing
 //! only; the protocol logic lives in the library client.
 use clap::{Parser, Subcommand};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use ttsd::client::{self, Client, ClientError};
@@ -20,7 +21,9 @@ struct Cli {
 enum Command {
     /// Speak TEXT into a WAV file.
     Say {
+        /// The text; `-` reads it from stdin.
         text: String,
+        /// The WAV file; `-` writes it to stdout.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
         #[arg(long, value_name = "N")]
@@ -56,10 +59,32 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Say { text, output, timeout_ms, voice } => {
+            let text = if text == "-" {
+                let mut t = String::new();
+                if let Err(e) = std::io::stdin().read_to_string(&mut t) {
+                    eprintln!("ttsctl: cannot read stdin: {e}");
+                    return ExitCode::from(1);
+                }
+                t
+            } else {
+                text
+            };
             let req = SynthRequest { timeout_ms, voice, stream: true, ..SynthRequest::text(text) };
             match c.say_collect(req) {
                 Ok((done, rate, samples)) => {
-                    if let Err(e) = client::wav::write_wav(&output, rate, &samples) {
+                    if output.as_os_str() == "-" {
+                        let bytes = client::wav::wav_bytes(rate, &samples).expect("in-memory WAV");
+                        let mut out = std::io::stdout().lock();
+                        match out.write_all(&bytes).and_then(|()| out.flush()) {
+                            Ok(()) => {}
+                            // `ttsctl say ... -o - | head -c 100` is not an error.
+                            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
+                            Err(e) => {
+                                eprintln!("ttsctl: cannot write stdout: {e}");
+                                return ExitCode::from(1);
+                            }
+                        }
+                    } else if let Err(e) = client::wav::write_wav(&output, rate, &samples) {
                         eprintln!("ttsctl: cannot write {}: {e}", output.display());
                         return ExitCode::from(1);
                     }

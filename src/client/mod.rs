@@ -72,7 +72,14 @@ impl Client {
         let stream =
             UnixStream::connect(path).map_err(|e| ClientError::Connect { path: path.to_path_buf(), source: e })?;
         let mut c = Self { stream, server: String::new(), next_id: 1 };
-        c.send(&Request::Hello { version: PROTOCOL_VERSION, client: client_name.to_string() })?;
+        if let Err(e) = c.send(&Request::Hello { version: PROTOCOL_VERSION, client: client_name.to_string() }) {
+            // A refused peer is told why and closed, maybe before our Hello
+            // got through: prefer the daemon's reason to the broken pipe.
+            return match c.recv() {
+                Ok(Reply::Error { code, message, .. }) => Err(ClientError::Server { code, message }),
+                _ => Err(e),
+            };
+        }
         match c.recv()? {
             Reply::HelloOk { server, .. } => c.server = server,
             Reply::Error { code, message, .. } => return Err(ClientError::Server { code, message }),

@@ -169,6 +169,11 @@ impl Weights {
         self.conv_attrs.get(module).copied()
     }
 
+    /// Every recorded convolution's attributes, by module.
+    pub fn conv_attrs_iter(&self) -> impl Iterator<Item = (&str, ConvAttrs)> {
+        self.conv_attrs.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
     /// Records a convolution's attributes (tests, hand-built weights).
     pub fn set_conv_attrs(&mut self, module: &str, attrs: ConvAttrs) {
         self.conv_attrs.insert(module.to_string(), attrs);

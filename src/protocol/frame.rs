@@ -219,6 +219,22 @@ mod tests {
     }
 
     #[test]
+    fn the_synthesize_example_in_protocol_md_is_exact() {
+        let req = Request::Synthesize(SynthRequest { id: 1, ..SynthRequest::text("Hi") });
+        let hex: String = encode(&req).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "23000000\
+             01000000\
+             0100000000000000\
+             00000000\
+             0200000000000000\
+             4869\
+             000000000000000000"
+        );
+    }
+
+    #[test]
     fn partial_frames_wait_for_more_bytes() {
         let bytes = encode(&synth("Partial frames are fine.")).unwrap();
         for cut in 0..bytes.len() {

@@ -11,6 +11,8 @@ use ttsd::client::Client;
 use ttsd::protocol::{HealthState, Reply, StatusReply, SynthRequest, WorkerState};
 
 pub const SHORT: &str = "Hello there.";
+/// About a second of work: long enough to still be running when more arrives.
+pub const MEDIUM: &str = "The quick brown fox jumps over the lazy dog. A second sentence follows the first one here.";
 pub const LONG: &str = "The quick brown fox jumps over the lazy dog. \
     A second sentence follows the first one here. \
     Then a third sentence, which is a little longer than the others were. \
@@ -40,7 +42,7 @@ pub fn config(dir: &Path, extra: &str) -> String {
         ("workers", "2"),
         ("queue_capacity", "64"),
         ("heartbeat_ms", "100"),
-        ("hang_timeout_ms", "2000"),
+        ("hang_timeout_ms", "5000"),
         ("kill_grace_ms", "400"),
         ("shutdown_grace_ms", "5000"),
         ("default_timeout_ms", "30000"),

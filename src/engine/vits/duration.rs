@@ -296,6 +296,7 @@ mod tests {
 
     #[test]
     fn inverse_spline_inverts_the_forward_spline() {
+        let _mlx = crate::mlx_test_lock();
         let uw: Vec<f32> = (0..10).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.4).collect();
         let uh: Vec<f32> = (0..10).map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.3).collect();
         let ud: Vec<f32> = (0..9).map(|i| ((i * 5 % 4) as f32 - 1.5) * 0.5).collect();

@@ -230,3 +230,165 @@ impl RangeIndex for Array {
         self.try_index(start..end)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A tiny multi-speaker model with ResBlock1 (the "high" layout) and
+    //! random weights, built in memory: the architecture is inferred, every
+    //! conditioning path runs, and output lengths follow the durations.
+    use super::*;
+    use crate::engine::weights::{ConvAttrs, Tensor};
+
+    struct Builder {
+        tensors: Vec<(String, Tensor)>,
+        attrs: Vec<(String, ConvAttrs)>,
+        seed: u32,
+    }
+
+    impl Builder {
+        fn t(&mut self, name: &str, shape: &[usize]) {
+            let n: usize = shape.iter().product();
+            let data = (0..n)
+                .map(|_| {
+                    self.seed = self.seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    ((self.seed >> 9) as f32 / (1u32 << 23) as f32 - 0.5) * 0.2
+                })
+                .collect();
+            self.tensors.push((name.to_string(), Tensor { shape: shape.to_vec(), data }));
+        }
+        fn conv(&mut self, m: &str, c_out: usize, c_in: usize, k: usize, dilation: usize, bias: bool) {
+            self.t(&format!("{m}.weight"), &[c_out, c_in, k]);
+            if bias {
+                self.t(&format!("{m}.bias"), &[c_out]);
+            }
+            let p = dilation * (k - 1) / 2;
+            self.attrs.push((m.to_string(), ConvAttrs { dilation, pads: (p, p), stride: 1, group: 1 }));
+        }
+        fn norm(&mut self, m: &str, c: usize) {
+            self.t(&format!("{m}.gamma"), &[c]);
+            self.t(&format!("{m}.beta"), &[c]);
+        }
+        fn dds(&mut self, m: &str, c: usize) {
+            for i in 0..3 {
+                let d = 3usize.pow(i as u32);
+                self.t(&format!("{m}.convs_sep.{i}.weight"), &[c, 1, 3]);
+                self.t(&format!("{m}.convs_sep.{i}.bias"), &[c]);
+                self.attrs.push((format!("{m}.convs_sep.{i}"), ConvAttrs { dilation: d, pads: (d, d), stride: 1, group: c }));
+                self.conv(&format!("{m}.convs_1x1.{i}"), c, c, 1, 1, true);
+                self.norm(&format!("{m}.norms_1.{i}"), c);
+                self.norm(&format!("{m}.norms_2.{i}"), c);
+            }
+        }
+    }
+
+    fn tiny_voice(speakers: usize) -> Weights {
+        let (h, inter, gin, vocab) = (8, 4, 6, 10);
+        let mut b = Builder { tensors: vec![], attrs: vec![], seed: 7 };
+        b.t("enc_p.emb.weight", &[vocab, h]);
+        let a = "enc_p.encoder.attn_layers.0";
+        for c in ["conv_q", "conv_k", "conv_v", "conv_o"] {
+            b.conv(&format!("{a}.{c}"), h, h, 1, 1, true);
+        }
+        b.t(&format!("{a}.emb_rel_k"), &[1, 3, 4]);
+        b.t(&format!("{a}.emb_rel_v"), &[1, 3, 4]);
+        b.norm("enc_p.encoder.norm_layers_1.0", h);
+        b.norm("enc_p.encoder.norm_layers_2.0", h);
+        b.conv("enc_p.encoder.ffn_layers.0.conv_1", 16, h, 3, 1, true);
+        b.conv("enc_p.encoder.ffn_layers.0.conv_2", h, 16, 3, 1, true);
+        b.conv("enc_p.proj", 2 * inter, h, 1, 1, true);
+        // Stochastic duration predictor (reverse path only).
+        b.conv("dp.pre", h, h, 1, 1, true);
+        b.conv("dp.proj", h, h, 1, 1, true);
+        b.conv("dp.cond", h, gin, 1, 1, true);
+        b.dds("dp.convs", h);
+        b.t("dp.flows.0.m", &[2, 1]);
+        b.t("dp.flows.0.logs", &[2, 1]);
+        for i in [3, 5, 7] {
+            b.conv(&format!("dp.flows.{i}.pre"), h, 1, 1, 1, true);
+            b.dds(&format!("dp.flows.{i}.convs"), h);
+            b.conv(&format!("dp.flows.{i}.proj"), 29, h, 1, 1, true);
+        }
+        for i in [0, 2, 4, 6] {
+            let f = format!("flow.flows.{i}");
+            b.conv(&format!("{f}.pre"), h, inter / 2, 1, 1, true);
+            b.conv(&format!("{f}.enc.cond_layer"), 2 * h * 2, gin, 1, 1, true);
+            for j in 0..2 {
+                b.conv(&format!("{f}.enc.in_layers.{j}"), 2 * h, h, 5, 1, true);
+                b.conv(&format!("{f}.enc.res_skip_layers.{j}"), if j == 0 { 2 * h } else { h }, h, 1, 1, true);
+            }
+            b.conv(&format!("{f}.post"), inter / 2, h, 1, 1, true);
+        }
+        b.conv("dec.conv_pre", 16, inter, 7, 1, true);
+        b.conv("dec.cond", 16, gin, 1, 1, true);
+        for (i, (c_in, c_out)) in [(16, 8), (8, 4)].into_iter().enumerate() {
+            b.t(&format!("dec.ups.{i}.weight"), &[c_in, c_out, 4]);
+            b.t(&format!("dec.ups.{i}.bias"), &[c_out]);
+            b.attrs.push((format!("dec.ups.{i}"), ConvAttrs { dilation: 1, pads: (1, 1), stride: 2, group: 1 }));
+            for (j, k) in [3, 5].into_iter().enumerate() {
+                let r = format!("dec.resblocks.{}", i * 2 + j);
+                for (n, d) in [1, 3, 5].into_iter().enumerate() {
+                    b.conv(&format!("{r}.convs1.{n}"), c_out, c_out, k, d, true);
+                    b.conv(&format!("{r}.convs2.{n}"), c_out, c_out, k, 1, true);
+                }
+            }
+        }
+        b.conv("dec.conv_post", 1, 4, 7, 1, false);
+        if speakers > 1 {
+            b.t("emb_g.weight", &[speakers, gin]);
+        }
+        let mut ws = Weights::from_tensors(b.tensors);
+        for (m, a) in b.attrs {
+            ws.set_conv_attrs(&m, a);
+        }
+        ws
+    }
+
+    #[test]
+    fn architecture_is_inferred_from_the_weights() {
+        let _mlx = crate::mlx_test_lock();
+        let cfg = VitsConfig::from_weights(&tiny_voice(3)).unwrap();
+        assert_eq!((cfg.hidden_channels, cfg.n_heads, cfg.window_size, cfg.n_layers), (8, 2, 1, 1));
+        assert_eq!((cfg.inter_channels, cfg.filter_channels, cfg.n_vocab), (4, 16, 10));
+        assert!(cfg.stochastic_duration);
+        assert_eq!((cfg.dp_n_flows, cfg.flow_n_flows, cfg.flow_n_layers), (4, 4, 2));
+        assert_eq!((cfg.upsample_rates.clone(), cfg.resblocks_per_stage), (vec![2, 2], 2));
+        assert_eq!((cfg.n_speakers, cfg.gin_channels), (3, 6));
+    }
+
+    #[test]
+    fn a_multi_speaker_high_layout_model_runs_and_speakers_differ() {
+        let _mlx = crate::mlx_test_lock();
+        let model = Vits::load(tiny_voice(3)).unwrap();
+        let ids = [1i64, 0, 5, 0, 7, 0, 2];
+        let mut outs = vec![];
+        for speaker in [0, 2] {
+            let g = model.speaker(speaker).unwrap();
+            let lat = model.latent(&ids, g.as_ref(), 1.0, 0.0, 0.0, 0).unwrap();
+            let frames: u32 = lat.durations.iter().sum();
+            assert_eq!(lat.z.shape()[0] as u32, frames.max(1));
+            let audio = ops::to_vec(&model.dec.forward(&lat.z, g.as_ref()).unwrap()).unwrap();
+            assert_eq!(audio.len(), lat.z.shape()[0] as usize * model.dec.hop());
+            assert!(audio.iter().all(|v| v.is_finite() && v.abs() <= 1.0));
+            outs.push(audio);
+        }
+        assert!(outs[0] != outs[1] || outs[0].len() != outs[1].len(), "speaker embedding has no effect");
+    }
+
+    #[test]
+    fn missing_and_unused_weights_are_named() {
+        let _mlx = crate::mlx_test_lock();
+        let mut ws = tiny_voice(1);
+        let _ = ws.take("dec.resblocks.3.convs2.2.weight").unwrap();
+        let err = Vits::load(ws).err().unwrap().to_string();
+        assert!(err.contains("dec.resblocks.3.convs2.2.weight"), "{err}");
+
+        let mut extra = tiny_voice(1).iter().map(|(k, t)| (k.to_string(), t.clone())).collect::<Vec<_>>();
+        extra.push(("dec.mystery.weight".into(), Tensor { shape: vec![1], data: vec![0.0] }));
+        let mut ws = Weights::from_tensors(extra);
+        for (m, a) in tiny_voice(1).conv_attrs_iter() {
+            ws.set_conv_attrs(m, a);
+        }
+        let err = Vits::load(ws).err().unwrap().to_string();
+        assert!(err.contains("dec.mystery.weight"), "{err}");
+    }
+}

@@ -450,6 +450,7 @@ mod tests {
 
     #[test]
     fn dilated_conv_matches_direct_convolution() {
+        let _mlx = crate::mlx_test_lock();
         // Short input (im2col) and long input (per-tap accumulation).
         for t in [23, (TAP_ACCUMULATE_ELEMENTS / 5) + 7] {
             check_conv(t);
@@ -475,6 +476,7 @@ mod tests {
 
     #[test]
     fn transposed_conv_matches_scatter_definition() {
+        let _mlx = crate::mlx_test_lock();
         for (k, s, pad) in [(16usize, 8usize, 4usize), (8, 4, 2), (7, 3, 2)] {
             let (t, c_in, c_out) = (9, 3, 2);
             let w = tensor(&[c_in, c_out, k], |i| ((i * 29 % 13) as f32 - 6.0) / 9.0);
