@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use ttsd::protocol::WorkerState;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,24 +108,40 @@ pub fn run(schedule: Vec<Scheduled>, ctx: Ctx) {
         let t_s = t0.elapsed().as_secs_f64();
         match ev.action {
             Action::Kill | Action::Stop(_) => {
-                let st = match status.status() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        ctx.log.lock().unwrap().skipped.push(format!("t={t_s:.1}s {:?}: status failed: {e}", ev.action));
+                // A ready worker may be missing for a moment (one was just
+                // killed and its successor is loading): try for up to 3 s.
+                let paused = stopped.lock().unwrap().clone();
+                let tried = Instant::now();
+                let ready = loop {
+                    let why = match status.status() {
+                        Ok(st) => {
+                            let ready: Vec<_> = st
+                                .workers
+                                .into_iter()
+                                .filter(|w| {
+                                    matches!(w.state, WorkerState::Idle | WorkerState::Busy) && !paused.contains(&w.pid)
+                                })
+                                .collect();
+                            if !ready.is_empty() {
+                                break Ok(ready);
+                            }
+                            "no ready worker".to_string()
+                        }
+                        Err(e) => format!("status failed: {e}"),
+                    };
+                    if tried.elapsed() > Duration::from_secs(3) || ctx.stop.load(Ordering::SeqCst) {
+                        break Err(why);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                let ready = match ready {
+                    Ok(r) => r,
+                    Err(why) => {
+                        ctx.log.lock().unwrap().skipped.push(format!("t={t_s:.1}s {:?}: {why}", ev.action));
                         continue;
                     }
                 };
-                let paused = stopped.lock().unwrap().clone();
-                let ready: Vec<_> = st
-                    .workers
-                    .iter()
-                    .filter(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy) && !paused.contains(&w.pid))
-                    .collect();
-                if ready.is_empty() {
-                    ctx.log.lock().unwrap().skipped.push(format!("t={t_s:.1}s {:?}: no ready worker", ev.action));
-                    continue;
-                }
-                let w = ready[rng.below(ready.len())];
+                let w = &ready[rng.below(ready.len())];
                 let pid = Pid::from_raw(w.pid as i32);
                 let t_s = t0.elapsed().as_secs_f64();
                 match ev.action {

@@ -210,7 +210,7 @@ fn plan(a: &Args) -> Result<Plan> {
             p.attack_every_s = 60.0;
             p.nonreader = 2;
             p.nonreader_every_s = 300.0;
-            p.max_rss_mb = 1200;
+            p.max_rss_mb = 450;
         }
         Scenario::Chaos => {
             p.duration_s = Some(300.0);
@@ -220,7 +220,7 @@ fn plan(a: &Args) -> Result<Plan> {
             p.attack_every_s = 10.0;
             p.nonreader = 2;
             p.nonreader_every_s = 60.0;
-            p.max_rss_mb = 1200;
+            p.max_rss_mb = 450;
         }
     }
     macro_rules! set {

@@ -316,6 +316,12 @@ pub fn evaluate(
         },
     );
 
+    check(
+        "every scheduled worker signal was delivered",
+        log.skipped.is_empty(),
+        if log.skipped.is_empty() { format!("{} signals", log.signals.len()) } else { show(&log.skipped) },
+    );
+
     // 6. The supervisor kept answering.
     check(
         "status answered within 3 s every second",
