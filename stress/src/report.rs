@@ -445,3 +445,81 @@ pub fn print(title: &str, s: &Summary, inv: &[Invariant]) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::texts::TextKind;
+
+    fn rec(sent: f64, end: f64, fault: Option<FlagFault>) -> Record {
+        Record {
+            id: 1,
+            client: 0,
+            text_kind: TextKind::Short,
+            chars: 5,
+            stream: false,
+            fault,
+            sent_s: sent,
+            sent: None,
+            queued_ms: None,
+            first_audio_ms: None,
+            total_ms: None,
+            end_s: Some(end),
+            outcome: None,
+            message: None,
+            terminals: 1,
+            after_terminal: 0,
+            seq_gaps: 0,
+            audio_frames: 0,
+            samples: 0,
+            sample_rate: 0,
+            audio_seconds: 0.0,
+            server_queue_ms: 0,
+            synth_ms: 0,
+            worker_pid: 0,
+            retried: false,
+        }
+    }
+
+    fn sig(kind: &'static str, t: f64, until: Option<f64>) -> FaultEvent {
+        FaultEvent { t_s: t, kind, pid: 1, slot: 0, request: None, until_s: until }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let p = pcts((1..=100).map(f64::from).collect());
+        assert_eq!((p.p50, p.p95, p.p99, p.max, p.n), (50.0, 95.0, 99.0, 100.0, 100));
+        assert_eq!(pcts(vec![7.0]).p99, 7.0);
+        assert_eq!(pcts(vec![]).n, 0);
+    }
+
+    #[test]
+    fn exposure_needs_the_request_in_flight() {
+        let kill = [sig("sigkill", 10.0, None)];
+        assert!(exposure(&rec(9.0, 11.0, None), &kill, 4.0).killed);
+        assert!(!exposure(&rec(10.5, 11.0, None), &kill, 4.0).killed, "sent after the kill");
+        assert!(!exposure(&rec(8.0, 9.5, None), &kill, 4.0).killed, "ended before the kill");
+        // A stop lasts until SIGCONT or until hang detection could kill it.
+        let stop = [sig("sigstop", 20.0, Some(26.0))];
+        assert!(exposure(&rec(23.0, 24.0, None), &stop, 4.0).stopped);
+        assert!(!exposure(&rec(25.5, 27.0, None), &stop, 4.0).stopped, "after hang_timeout + 1 s");
+    }
+
+    #[test]
+    fn allowed_outcomes_follow_the_faults() {
+        let none = Exposure { killed: false, stopped: false };
+        let crashed = Outcome::Error(ErrorCode::WorkerCrashed);
+        assert_eq!(allowed(None, &none, false), [Outcome::Done].into());
+        assert_eq!(allowed(Some(FlagFault::Slow), &none, false), [Outcome::Done].into());
+        assert_eq!(allowed(Some(FlagFault::Crash), &none, false), [crashed].into());
+        assert_eq!(allowed(Some(FlagFault::Hang), &none, false), [crashed].into());
+        let killed = Exposure { killed: true, stopped: false };
+        assert_eq!(allowed(None, &killed, false), [Outcome::Done, crashed].into());
+        let stopped = Exposure { killed: false, stopped: true };
+        assert!(allowed(None, &stopped, false).contains(&Outcome::Error(ErrorCode::Timeout)));
+        assert!(allowed(None, &none, true).contains(&Outcome::Error(ErrorCode::Overloaded)));
+        for o in [Outcome::Lost, Outcome::Error(ErrorCode::Internal), Outcome::Error(ErrorCode::Unavailable)] {
+            assert!(!allowed(None, &Exposure { killed: true, stopped: true }, true).contains(&o));
+        }
+    }
+}
