@@ -32,10 +32,13 @@ enum Scenario {
     Custom,
     /// Under a minute, a few of each fault; run by ./scripts/test and CI.
     Smoke,
-    /// 30 minutes of steady load with rare faults (by hand).
+    /// 30 minutes of steady paced load (1 request/s) with rare faults (by hand).
     Soak,
     /// Faults every few seconds: worker kills, stops, fault flags, bad clients.
     Chaos,
+    /// A client that never reads submits 120 requests over 40 s while one
+    /// client runs normally: the supervisor must not keep all their audio.
+    Backpressure,
 }
 
 #[derive(Parser, Debug)]
@@ -203,7 +206,10 @@ fn plan(a: &Args) -> Result<Plan> {
             ];
         }
         Scenario::Soak => {
+            // Steady paced load (about a third of two cores), so that a
+            // leak shows over time rather than the machine's limits.
             p.duration_s = Some(1800.0);
+            p.rate = Some(1.0);
             p.kill_every_s = 120.0;
             p.stop_every_s = 300.0;
             p.fault_fraction = 0.01;
@@ -211,6 +217,12 @@ fn plan(a: &Args) -> Result<Plan> {
             p.nonreader = 2;
             p.nonreader_every_s = 300.0;
             p.max_rss_mb = 450;
+        }
+        Scenario::Backpressure => {
+            p.duration_s = Some(40.0);
+            p.clients = 1;
+            p.nonreader = 30;
+            p.nonreader_every_s = 10.0;
         }
         Scenario::Chaos => {
             p.duration_s = Some(300.0);

@@ -21,6 +21,7 @@ pub struct WorkerSample {
     pub slot: u32,
     pub state: String,
     pub rss_mib: f64,
+    pub current_request: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,6 +116,7 @@ pub fn sample(conn: &mut StatusConn, t0: Instant) -> Result<Sample, String> {
                 }
                 .into(),
                 rss_mib: rss_mib(w.pid).unwrap_or(0.0),
+                current_request: w.current_request,
             })
             .collect(),
         worker_restarts: st.worker_restarts,

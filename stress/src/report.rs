@@ -25,8 +25,15 @@ pub const SUPERVISOR_GROWTH_MIB: f64 = 20.0;
 /// excluding workers that ran a `grow` fault request. The first synthesis
 /// allocates MLX's buffers for the longest text seen so far and the buffer
 /// cache keeps them (about 100-200 MiB for the texts of the mix); a leak
-/// per request would add up past this within a soak.
-pub const WORKER_GROWTH_MIB: f64 = 400.0;
+/// per request would add up past this within a soak. Measured: +70-80 MiB
+/// in smoke, about +80-120 MiB over a 5-minute chaos run.
+pub const WORKER_GROWTH_MIB: f64 = 250.0;
+
+/// The non-reader check applies from this many unread requests on...
+pub const NONREADER_CHECK_MIN: u32 = 50;
+/// ...and allows this much supervisor growth: a bounded per-connection
+/// backlog (a socket buffer plus a few frames) is well under 1 MiB.
+pub const NONREADER_GROWTH_MIB: f64 = 4.0;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Invariant {
@@ -343,8 +350,16 @@ pub fn evaluate(
     );
 
     // 8. Memory.
-    let grow_pids: HashSet<u32> =
-        records.iter().filter(|r| r.fault == Some(FlagFault::Grow) && r.worker_pid != 0).map(|r| r.worker_pid).collect();
+    // Workers that ran a grow request: from its Done, from the samples that
+    // saw it running, from the signal that hit it.
+    let grow_ids: HashSet<u64> = records.iter().filter(|r| r.fault == Some(FlagFault::Grow)).map(|r| r.id).collect();
+    let grow_pids: HashSet<u32> = records
+        .iter()
+        .filter(|r| r.fault == Some(FlagFault::Grow) && r.worker_pid != 0)
+        .map(|r| r.worker_pid)
+        .chain(series.samples.iter().flat_map(|s| s.workers.iter()).filter(|w| w.current_request.is_some_and(|id| grow_ids.contains(&id))).map(|w| w.pid))
+        .chain(log.signals.iter().filter(|s| s.request.is_some_and(|id| grow_ids.contains(&id))).map(|s| s.pid))
+        .collect();
     let start = series.samples.first();
     let rss = rss_summary(&series.samples, start, fin.end_sample.as_ref(), &grow_pids);
     let sup_growth = rss.supervisor_end_mib - rss.supervisor_start_mib;
@@ -367,6 +382,23 @@ pub fn evaluate(
             grow_pids.len()
         ),
     );
+    // A client that stops reading: with many of its requests answered and
+    // unread, the supervisor must not be holding all of their audio (a
+    // short text is ~80 KiB of samples; 50 of them ~4 MiB). Checked only
+    // when a run made one send at least 50 (the `backpressure` scenario).
+    if log.nonreader_requests >= NONREADER_CHECK_MIN {
+        let growth = rss.supervisor_peak_mib - rss.supervisor_start_mib;
+        check(
+            &format!("supervisor does not buffer a non-reading client's replies without bound (< {NONREADER_GROWTH_MIB} MiB)"),
+            growth < NONREADER_GROWTH_MIB,
+            format!(
+                "peak {:+.1} MiB with {} requests answered to a client that reads nothing ({:.0} KiB per request)",
+                growth,
+                log.nonreader_requests,
+                growth * 1024.0 / log.nonreader_requests as f64
+            ),
+        );
+    }
     if let Some((how, clean)) = &fin.shutdown {
         check("SIGTERM at the end: clean exit, socket removed", *clean, how.clone());
     }
