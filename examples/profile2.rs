@@ -13,7 +13,7 @@ fn main() {
     let m = v.model();
     for _ in 0..3 {
         let (w0, c0) = (Instant::now(), cpu());
-        let lat = m.latent(&ids, None, 1.0, 0.667, 0.8, 1).unwrap();
+        let lat = m.latent(&ids, None, 1.0, 0.667, 0.8, 1, &|| false).unwrap();
         let (w1, c1) = (Instant::now(), cpu());
         let a = m.dec.forward(&lat.z, None).unwrap();
         a.eval().unwrap();

@@ -122,13 +122,21 @@ fn windowed_decoding_equals_whole_sentence_decoding() {
             break;
         }
         let end = (start + len).min(frames);
-        let w = voice.model().decode_window(&z, start, end, None).unwrap();
+        let w = voice.model().decode_window(&z, start, end, None, &|| false).unwrap();
         stitched.extend(ttsd::engine::vits::ops::to_vec(&w).unwrap());
         start = end;
     }
     assert_eq!(stitched.len(), whole.len());
     let max_diff = stitched.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(max_diff < 1e-4, "stitched audio differs from whole decoding by up to {max_diff}");
+
+    // The streamed first chunk runs the flow on its frames and their context only.
+    let prior = voice.model().prior(&case.ids, None, 1.0, 0.0, 0.0, 0, &|| false).unwrap();
+    let ctx = voice.model().dec.context_frames();
+    let head = voice.model().flow_head(&prior.z_p, 24 + ctx, None, &|| false).unwrap();
+    let first = ttsd::engine::vits::ops::to_vec(&voice.model().decode_window(&head, 0, 24, None, &|| false).unwrap()).unwrap();
+    let head_diff = first.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(head_diff < 1e-4, "first streamed chunk differs from whole decoding by up to {head_diff}");
 }
 
 fn streaming_yields_several_chunks_and_cancellation_stops_it() {

@@ -13,7 +13,7 @@ fn with_fault(text: &str, fault: Fault) -> SynthRequest {
 
 #[test]
 fn a_hung_worker_is_replaced_within_hang_timeout_and_its_request_fails() {
-    let d = Daemon::start("hang_timeout_ms = 1000");
+    let d = Daemon::start("hang_timeout_ms = 1500");
     let before = Daemon::worker_pids(&d.wait_idle(2, Duration::from_secs(60)));
     let mut c = d.client();
     let t = Instant::now();
@@ -21,7 +21,7 @@ fn a_hung_worker_is_replaced_within_hang_timeout_and_its_request_fails() {
     let took = t.elapsed();
     assert_eq!(err.code(), Some(ErrorCode::WorkerCrashed), "{err}");
     assert!(err.to_string().contains("hung"), "{err}");
-    assert!(took < Duration::from_millis(2000), "answered after {took:?}");
+    assert!(took < Duration::from_millis(2500), "answered after {took:?}");
     // Replaced within hang_timeout + 1 s, and the other worker was untouched.
     loop {
         let s = d.status();
@@ -30,7 +30,7 @@ fn a_hung_worker_is_replaced_within_hang_timeout_and_its_request_fails() {
             assert_eq!(now.iter().filter(|p| before.contains(p)).count(), 1, "{now:?} vs {before:?}");
             break;
         }
-        assert!(t.elapsed() < Duration::from_millis(2000), "{s:#?}");
+        assert!(t.elapsed() < Duration::from_millis(2500), "{s:#?}");
         std::thread::sleep(Duration::from_millis(10));
     }
     d.client().say_collect(req(SHORT)).unwrap();

@@ -1,139 +1,172 @@
-//! ttsctl: a thin command line over `ttsd::client`. Parsing and printing
-//! only; the protocol logic lives in the library client.
-use clap::{Parser, Subcommand};
-use std::io::{Read, Write};
-use std::path::PathBuf;
+//! ttsctl: the command line of ttsd. Glue only: parse ([`ttsd::client::cli`]),
+//! connect, call the library, print, and turn the outcome into an exit code
+//! (0 ok, 1 request failed or degraded, 2 daemon unreachable, 64 usage).
+//! Messages for people go to stderr; stdout carries only the requested
+//! output, and a reader that closes it early ends ttsctl quietly.
+use clap::Parser;
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
-use ttsd::client::{self, Client, ClientError};
-use ttsd::protocol::{HealthState, SynthRequest};
+use ttsd::client::cli::{Cli, Command, Output, Stdio, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use ttsd::client::say::{self, SayError};
+use ttsd::client::{self, hint, metrics, table, Client};
+use ttsd::protocol::HealthState;
 
-#[derive(Parser)]
-#[command(name = "ttsctl", version, about = "Talk to a running ttsd")]
-struct Cli {
-    /// ttsd's socket (default: $XDG_RUNTIME_DIR/ttsd.sock or /tmp/ttsd-$UID/ttsd.sock).
-    #[arg(long, env = "TTSD_SOCKET", global = true, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let socket = client::socket_path(cli.socket.as_deref());
+    ExitCode::from(run(cli.command, &socket))
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Speak TEXT into a WAV file.
-    Say {
-        /// The text; `-` reads it from stdin.
-        text: String,
-        /// The WAV file; `-` writes it to stdout.
-        #[arg(short = 'o', long = "output", value_name = "FILE")]
-        output: PathBuf,
-        #[arg(long, value_name = "N")]
-        timeout_ms: Option<u64>,
-        #[arg(long)]
-        voice: Option<String>,
-    },
-    /// Exit 0 if ready, 1 if degraded (or starting/stopping), 2 if unreachable.
-    Health,
-    /// Workers, queue and totals.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// The configured voices and their load state.
-    Voices,
+/// Print `msg` on stderr prefixed with "ttsctl: " and return `code`.
+fn fail(code: u8, msg: impl std::fmt::Display) -> u8 {
+    let _ = writeln!(io::stderr(), "ttsctl: {msg}");
+    code
 }
 
-fn fail(e: ClientError) -> ExitCode {
-    eprintln!("ttsctl: {e}");
-    match e {
-        ClientError::Connect { .. } => ExitCode::from(2),
-        _ => ExitCode::from(1),
+fn connect(socket: &Path) -> Result<Client, u8> {
+    let mut c = Client::connect_as(socket, "ttsctl").map_err(|e| explain(&e, socket))?;
+    // Status, health and voices are answered within milliseconds by a live
+    // daemon, even with every worker busy.
+    let _ = c.set_timeout(Some(std::time::Duration::from_secs(10)));
+    Ok(c)
+}
+
+fn explain(e: &client::ClientError, socket: &Path) -> u8 {
+    let f = hint::explain(e, socket);
+    fail(f.exit, f.message)
+}
+
+/// Write `text` to stdout; a closed stdout is not an error.
+fn print(text: &str) -> u8 {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => EXIT_OK,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) => fail(EXIT_FAILED, format!("cannot write to stdout: {e}")),
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let path = client::socket_path(cli.socket.as_deref());
-    let mut c = match Client::connect_as(&path, "ttsctl") {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    match cli.command {
-        Command::Say { text, output, timeout_ms, voice } => {
-            let text = if text == "-" {
-                let mut t = String::new();
-                if let Err(e) = std::io::stdin().read_to_string(&mut t) {
-                    eprintln!("ttsctl: cannot read stdin: {e}");
-                    return ExitCode::from(1);
-                }
-                t
-            } else {
-                text
+fn json(v: &impl serde::Serialize) -> String {
+    let mut s = serde_json::to_string_pretty(v).expect("plain data serializes");
+    s.push('\n');
+    s
+}
+
+fn run(command: Command, socket: &Path) -> u8 {
+    match command {
+        Command::Say(args) => {
+            let stdin = io::stdin();
+            let stdio = Stdio {
+                stdin_is_terminal: stdin.is_terminal(),
+                stdout_is_terminal: io::stdout().is_terminal(),
+                stdin: &mut stdin.lock(),
             };
-            let req = SynthRequest { timeout_ms, voice, stream: true, ..SynthRequest::text(text) };
-            match c.say_collect(req) {
-                Ok((done, rate, samples)) => {
-                    if output.as_os_str() == "-" {
-                        let bytes = client::wav::wav_bytes(rate, &samples).expect("in-memory WAV");
-                        let mut out = std::io::stdout().lock();
-                        match out.write_all(&bytes).and_then(|()| out.flush()) {
-                            Ok(()) => {}
-                            // `ttsctl say ... -o - | head -c 100` is not an error.
-                            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
-                            Err(e) => {
-                                eprintln!("ttsctl: cannot write stdout: {e}");
-                                return ExitCode::from(1);
-                            }
-                        }
-                    } else if let Err(e) = client::wav::write_wav(&output, rate, &samples) {
-                        eprintln!("ttsctl: cannot write {}: {e}", output.display());
-                        return ExitCode::from(1);
-                    }
-                    eprintln!(
-                        "{}: {:.2} s of audio, queue {} ms, synth {} ms, worker {}{}",
-                        output.display(),
-                        done.audio_seconds,
-                        done.queue_ms,
-                        done.synth_ms,
-                        done.worker_pid,
-                        if done.retried { " (retried)" } else { "" }
-                    );
-                    ExitCode::SUCCESS
+            let plan = match args.plan(stdio) {
+                Ok(p) => p,
+                Err(e) => return fail(EXIT_USAGE, e),
+            };
+            // Say so before connecting when --play cannot work.
+            if plan.output == Output::Play {
+                if let Err(e) = client::player::find() {
+                    return fail(EXIT_FAILED, e);
                 }
-                Err(e) => fail(e),
+            }
+            let (quiet, output) = (plan.quiet, plan.output.clone());
+            let mut c = match connect(socket) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match say::run(&mut c, plan, io::stderr().is_terminal(), &mut io::stderr()) {
+                Ok(said) => {
+                    if !quiet {
+                        let d = &said.done;
+                        let to = match &output {
+                            Output::File(p) => p.display().to_string(),
+                            Output::Stdout => "stdout".into(),
+                            Output::Play => "player".into(),
+                        };
+                        let rtf = d.synth_ms as f64 / 1000.0 / d.audio_seconds.max(1e-9);
+                        let _ = writeln!(
+                            io::stderr(),
+                            "{to}: {:.2} s of audio at {} Hz (queue {} ms, synth {} ms, RTF {rtf:.2}, worker {}{})",
+                            d.audio_seconds,
+                            said.sample_rate,
+                            d.queue_ms,
+                            d.synth_ms,
+                            d.worker_pid,
+                            if d.retried { ", retried" } else { "" }
+                        );
+                    }
+                    EXIT_OK
+                }
+                Err(SayError::Closed) => EXIT_OK,
+                Err(SayError::Client(e)) => explain(&e, socket),
+                Err(e) => fail(EXIT_FAILED, e),
             }
         }
-        Command::Health => match c.health() {
-            Ok((state, reason)) => {
-                match reason {
-                    Some(r) => println!("{}: {r}", state.as_str()),
-                    None => println!("{}", state.as_str()),
+        Command::Health => {
+            let mut c = match connect(socket) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match c.health() {
+                Ok((state, reason)) => {
+                    let line = match reason {
+                        Some(r) => format!("{}: {r}\n", state.as_str()),
+                        None => format!("{}\n", state.as_str()),
+                    };
+                    print(&line);
+                    if state == HealthState::Ready {
+                        EXIT_OK
+                    } else {
+                        EXIT_FAILED
+                    }
                 }
-                if state == HealthState::Ready {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
+                Err(e) => explain(&e, socket),
+            }
+        }
+        Command::Status { json: as_json } => {
+            let mut c = match connect(socket) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match c.status() {
+                Ok(s) if as_json => print(&json(&s)),
+                Ok(s) => print(&table::status(&s)),
+                Err(e) => explain(&e, socket),
+            }
+        }
+        Command::Voices { json: as_json } => {
+            let mut c = match connect(socket) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match c.voices() {
+                Ok((default_voice, voices)) if as_json => {
+                    print(&json(&serde_json::json!({ "default_voice": default_voice, "voices": voices })))
                 }
+                Ok((default_voice, voices)) => print(&table::voices(&voices, Some(&default_voice))),
+                Err(e) => explain(&e, socket),
             }
-            Err(e) => fail(e),
-        },
-        Command::Status { json } => match c.status() {
-            Ok(s) if json => {
-                println!("{}", serde_json::to_string_pretty(&s).expect("status is plain data"));
-                ExitCode::SUCCESS
+        }
+        Command::Metrics => {
+            let mut c = match connect(socket) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match c.status() {
+                Ok(s) => print(&metrics::render(&s)),
+                Err(e) => explain(&e, socket),
             }
-            Ok(s) => {
-                print!("{}", client::display::status(&s));
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
-        Command::Voices => match c.voices() {
-            Ok((default, voices)) => {
-                println!("default: {default}");
-                print!("{}", client::display::voices(&voices));
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
+        }
     }
 }

@@ -5,7 +5,15 @@
 //! a time per connection (open more connections for concurrency, or use
 //! [`Client::send`] / [`Client::recv`] directly to pipeline). It never
 //! retries or reconnects on its own.
+pub mod cli;
 pub mod display;
+pub mod hint;
+pub mod metrics;
+pub mod player;
+pub mod progress;
+pub mod say;
+pub mod sink;
+pub mod table;
 pub mod wav;
 
 use crate::protocol::{

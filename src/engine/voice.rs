@@ -26,8 +26,9 @@ pub struct VoiceInfo {
     pub num_symbols: u32,
 }
 
-/// Frames in the first decoder window of a streamed sentence (small, for a
-/// quick first chunk) and in the following ones.
+/// Frames in the first chunk of a streamed sentence (small, for a quick
+/// first chunk: the flow and the decoder run on just these frames and their
+/// receptive field) and in each decoder window after it.
 const FIRST_WINDOW_FRAMES: usize = 24;
 const WINDOW_FRAMES: usize = 192;
 
@@ -189,16 +190,29 @@ impl Voice {
 
         for (index, ids) in sentences.iter().enumerate() {
             check()?;
-            let latent = self.model.latent(ids, g.as_ref(), params.length_scale, params.noise_scale, params.noise_w, seed)?;
+            let (ls, ns, nw) = (params.length_scale, params.noise_scale, params.noise_w);
+            let prior = self.model.prior(ids, g.as_ref(), ls, ns, nw, seed, cancelled)?;
             seed = seed.wrapping_add(1);
-            let frames = latent.z.shape()[0] as usize;
-            let mut pieces: Vec<Vec<f32>> = Vec::new();
+            let frames = prior.z_p.shape()[0] as usize;
             let mut start = 0;
+            if params.stream {
+                // First chunk early: the flow over just the frames it needs.
+                let end = FIRST_WINDOW_FRAMES.min(frames);
+                let ctx = self.model.dec.context_frames();
+                let z_head = self.model.flow_head(&prior.z_p, end + ctx, g.as_ref(), cancelled)?;
+                let audio = to_vec(&self.model.decode_window(&z_head, 0, end, g.as_ref(), cancelled)?)?;
+                send(Chunk { samples: to_pcm(&audio, 1.0), sentence: index, sentences: sentences.len() }, &mut summary)?;
+                start = end;
+            }
+            if start >= frames {
+                continue;
+            }
+            let z = self.model.flow.reverse(&prior.z_p, g.as_ref(), cancelled)?;
+            let mut pieces: Vec<Vec<f32>> = Vec::new();
             while start < frames {
                 check()?;
-                let len = if start == 0 { FIRST_WINDOW_FRAMES } else { WINDOW_FRAMES };
-                let end = (start + len).min(frames);
-                let audio = to_vec(&self.model.decode_window(&latent.z, start, end, g.as_ref())?)?;
+                let end = (start + WINDOW_FRAMES).min(frames);
+                let audio = to_vec(&self.model.decode_window(&z, start, end, g.as_ref(), cancelled)?)?;
                 if params.stream {
                     send(Chunk { samples: to_pcm(&audio, 1.0), sentence: index, sentences: sentences.len() }, &mut summary)?;
                 } else {
@@ -222,7 +236,7 @@ impl Voice {
         self.check_params(params)?;
         self.check_ids(ids)?;
         let g = self.model.speaker(params.speaker)?;
-        let latent = self.model.latent(ids, g.as_ref(), params.length_scale, params.noise_scale, params.noise_w, params.seed.unwrap_or(0))?;
+        let latent = self.model.latent(ids, g.as_ref(), params.length_scale, params.noise_scale, params.noise_w, params.seed.unwrap_or(0), &|| false)?;
         let audio = to_vec(&self.model.dec.forward(&latent.z, g.as_ref())?)?;
         Ok((latent.durations, latent.z, audio))
     }

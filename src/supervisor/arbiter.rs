@@ -30,6 +30,10 @@ use tokio::sync::{mpsc, watch};
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How often the arbiter looks at clocks when nothing else happens.
 pub const TICK: Duration = Duration::from_millis(20);
+/// A gap this long between two supervision passes means the supervisor
+/// itself was not running (machine overloaded, SIGSTOP): worker messages may
+/// be waiting unread, so no worker is judged until it has been awake this long.
+pub const STALL: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 pub enum Event {
@@ -89,6 +93,8 @@ pub struct Arbiter {
     shutdown: Option<Instant>,
     restarts_total: u64,
     recycles_total: u64,
+    last_pass: Instant,
+    awake_since: Instant,
 }
 
 fn ms(v: u64) -> Duration {
@@ -130,6 +136,8 @@ impl Arbiter {
             shutdown: None,
             restarts_total: 0,
             recycles_total: 0,
+            last_pass: now,
+            awake_since: now,
         };
         a.adopt_layout();
         a
@@ -426,11 +434,8 @@ impl Arbiter {
         if let Some(slot) = self.slots.get_mut(w.slot) {
             slot.restarts += 1;
             let stable = !never_ready && now.duration_since(w.started) >= STABLE_AFTER;
-            slot.backoff_ms = if stable || slot.backoff_ms == 0 {
-                self.cfg.restart_backoff_min_ms
-            } else {
-                (slot.backoff_ms * 2).min(self.cfg.restart_backoff_max_ms)
-            };
+            slot.backoff_ms =
+                next_backoff(slot.backoff_ms, stable, self.cfg.restart_backoff_min_ms, self.cfg.restart_backoff_max_ms);
             slot.next_spawn = now + ms(slot.backoff_ms);
         }
     }
@@ -574,7 +579,17 @@ impl Arbiter {
     /// The supervision pass, after every event and tick.
     fn maintain(&mut self) {
         let now = Instant::now();
-        self.kill_stuck(now);
+        let gap = now.duration_since(self.last_pass);
+        if gap > STALL {
+            self.awake_since = now;
+            if gap > Duration::from_secs(1) {
+                crate::logln!("ttsd: supervisor was not scheduled for {} ms; re-reading workers before judging them", gap.as_millis());
+            }
+        }
+        self.last_pass = now;
+        if now.duration_since(self.awake_since) >= STALL {
+            self.kill_stuck(now);
+        }
         self.expire_queued(now);
         if self.shutdown.is_some() {
             return;
@@ -683,7 +698,8 @@ impl Arbiter {
                 Err(e) => {
                     crate::logln!("ttsd: cannot start a worker: {e}");
                     let s = &mut self.slots[slot];
-                    s.backoff_ms = (s.backoff_ms * 2).clamp(self.cfg.restart_backoff_min_ms, self.cfg.restart_backoff_max_ms);
+                    s.backoff_ms =
+                        next_backoff(s.backoff_ms, false, self.cfg.restart_backoff_min_ms, self.cfg.restart_backoff_max_ms);
                     s.next_spawn = now + ms(s.backoff_ms);
                     self.load_failures += 1;
                     self.last_failure = Some(format!("cannot start a worker: {e}"));
@@ -735,6 +751,17 @@ impl Arbiter {
     }
 }
 
+/// The delay before restarting a slot whose worker just died: the minimum
+/// after a first failure or after a worker that had been up a while
+/// (`stable`), else double the last one, capped.
+fn next_backoff(current_ms: u64, stable: bool, min_ms: u64, max_ms: u64) -> u64 {
+    if stable || current_ms == 0 {
+        min_ms
+    } else {
+        current_ms.saturating_mul(2).clamp(min_ms, max_ms)
+    }
+}
+
 /// A pseudo-random 0..=max from the clock and the worker id.
 fn jitter(wid: WorkerId, max: u64) -> u64 {
     if max == 0 {
@@ -743,4 +770,31 @@ fn jitter(wid: WorkerId, max: u64) -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
     let x = (nanos ^ wid.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     (x >> 17) % (max + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets_when_stable() {
+        let mut b = 0;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            b = next_backoff(b, false, 100, 1000);
+            seen.push(b);
+        }
+        assert_eq!(seen, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(next_backoff(1000, true, 100, 1000), 100);
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        assert_eq!(jitter(1, 0), 0);
+        for wid in 0..200 {
+            assert!(jitter(wid, 5) <= 5);
+        }
+        let spread: std::collections::BTreeSet<u64> = (0..200).map(|w| jitter(w, 5)).collect();
+        assert!(spread.len() > 1, "jitter never varies");
+    }
 }

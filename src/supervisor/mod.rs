@@ -9,6 +9,7 @@
 //! Runs on a tokio `current_thread` runtime. It never touches MLX or
 //! espeak-ng: the engine lives in the workers only, so status and health are
 //! answered within milliseconds even when every worker is busy.
+pub mod activation;
 pub mod arbiter;
 pub mod conn;
 pub mod pool;
@@ -31,6 +32,8 @@ use tokio::sync::{mpsc, watch};
 pub enum SupervisorError {
     #[error(transparent)]
     Socket(#[from] SocketError),
+    #[error(transparent)]
+    Activation(#[from] activation::ActivationError),
     #[error("cannot find ttsd's own executable: {0}")]
     Exe(std::io::Error),
     #[error("runtime: {0}")]
@@ -65,14 +68,27 @@ fn own_exe() -> std::io::Result<PathBuf> {
 /// answered, every worker has exited and the socket file is gone.
 pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Result<(), SupervisorError> {
     let exe = own_exe().map_err(SupervisorError::Exe)?;
+    // A socket passed by systemd (LISTEN_FDS) replaces binding our own.
+    let activated = activation::from_env()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SupervisorError::Runtime)?;
-    rt.block_on(serve(cfg, config_path, overrides, exe))
+    rt.block_on(serve(cfg, config_path, overrides, exe, activated))
 }
 
-async fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides, exe: PathBuf) -> Result<(), SupervisorError> {
-    let path = cfg.socket_path();
-    let std_listener = socket::bind(&path, &cfg.socket_group)?;
-    let mut socket_file = SocketFile::new(&path);
+async fn serve(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+    exe: PathBuf,
+    activated: Option<activation::Activated>,
+) -> Result<(), SupervisorError> {
+    // An activated socket's file belongs to the launcher: never removed here.
+    let (std_listener, mut socket_file, path) = match activated {
+        Some(a) => (a.listener, None, a.path.unwrap_or_else(|| PathBuf::from("(socket activation)"))),
+        None => {
+            let path = cfg.socket_path();
+            (socket::bind(&path, &cfg.socket_group)?, Some(SocketFile::new(&path)), path)
+        }
+    };
     std_listener.set_nonblocking(true).map_err(SupervisorError::Runtime)?;
     let listener = tokio::net::UnixListener::from_std(std_listener).map_err(SupervisorError::Runtime)?;
     crate::logln!("ttsd: listening on {}", path.display());
@@ -130,7 +146,9 @@ async fn serve(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides, 
 
     let arbiter = Arbiter::new(cfg, config_path, overrides, exe, events_tx, shutdown_tx, connections);
     let result = arbiter.run(events_rx).await;
-    socket_file.remove();
+    if let Some(f) = socket_file.as_mut() {
+        f.remove();
+    }
     let _ = accept.await;
     // Let the connection writers flush the last replies.
     let _ = tokio::time::timeout(Duration::from_secs(2), flushed_rx.recv()).await;

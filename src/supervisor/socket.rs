@@ -56,18 +56,31 @@ pub fn bind(path: &Path, group: &str) -> Result<UnixListener, SocketError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(SocketError::Io { what: "cannot inspect", path: path.into(), source: e }),
     }
-    // The socket is created with the umask's mode: make that 0600 from the
-    // start so there is no moment when others could connect.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound.map_err(io_err("cannot bind", path))?;
-    if let Some(gid) = gid {
-        nix::unistd::chown(path, None, Some(gid))
-            .map_err(|e| SocketError::Io { what: "cannot chgrp", path: path.into(), source: e.into() })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err("cannot chmod", path))?;
-    } else {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err("cannot chmod", path))?;
+    // Bind and listen under a temporary name, then rename into place: a
+    // client (or a second daemon probing for a live one) never finds the path
+    // bound but not yet listening, which would look like a stale socket.
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let (listener, bound_at) = match bind_private(&tmp) {
+        Ok(l) => (l, tmp.as_path()),
+        // The temporary name may be too long for sun_path: bind in place.
+        Err(_) => (bind_private(path).map_err(io_err("cannot bind", path))?, path),
+    };
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    let finish = || -> io::Result<()> {
+        if let Some(gid) = gid {
+            nix::unistd::chown(bound_at, None, Some(gid))?;
+        }
+        std::fs::set_permissions(bound_at, std::fs::Permissions::from_mode(mode))?;
+        if bound_at != path {
+            std::fs::rename(bound_at, path)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = finish() {
+        let _ = std::fs::remove_file(bound_at);
+        return Err(SocketError::Io { what: "cannot set up socket", path: path.into(), source: e });
     }
     Ok(listener)
 }
@@ -95,6 +108,15 @@ fn prepare_dir(dir: &Path) -> Result<(), SocketError> {
             .map_err(io_err("cannot create socket directory", dir)),
         Err(e) => Err(SocketError::Io { what: "cannot inspect", path: dir.into(), source: e }),
     }
+}
+
+/// Bind with mode 0600 from the start (umask), so nobody else can connect
+/// before the permissions are set.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    bound
 }
 
 /// Who may talk to the daemon: its own uid, root, and the configured extras.

@@ -4,6 +4,7 @@
 //! panics gets the daemon's log printed. Never shared between tests.
 #![allow(dead_code)]
 use std::io::Read;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -102,7 +103,7 @@ impl Daemon {
         let socket = dir.path().join("ttsd.sock");
         let d = Self { child, dir, socket, exited: None };
         let t = Instant::now();
-        while !d.socket.exists() {
+        while UnixStream::connect(&d.socket).is_err() {
             assert!(t.elapsed() < Duration::from_secs(10), "no socket after 10 s\n{}", d.log());
             std::thread::sleep(Duration::from_millis(10));
         }

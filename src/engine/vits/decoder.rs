@@ -4,7 +4,7 @@
 //! then `conv_post` and tanh. Weight norm was folded at export.
 use mlx_rs::{ops, Array};
 
-use super::ops::{leaky_relu, map_tiles, rows, scale, Conv1d, ConvTranspose1d, Result};
+use super::ops::{check, leaky_relu, map_tiles, rows, scale, Cancelled, Conv1d, ConvTranspose1d, Result};
 use super::VitsConfig;
 use crate::engine::weights::Weights;
 
@@ -70,7 +70,7 @@ fn mrf(blocks: &[ResBlock], x: &Array) -> Result<Array> {
 /// CPU). Each tile reads enough neighbouring rows that the kept samples are
 /// exactly those of the whole-array computation; at the sequence's ends it
 /// crops the transposed conv's padding before the blocks, as the whole does.
-fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Array) -> Result<Array> {
+fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Array, cancelled: Cancelled) -> Result<Array> {
     let t = x.shape()[0] as usize;
     let (s, p, m) = (up.stride(), up.pad(), up.blocks());
     let out_len = up.out_len(t);
@@ -96,6 +96,7 @@ fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Array) -> Result<Array> 
         let y = rows(&y, (keep_lo - c_lo) as i32, (keep_hi - c_lo) as i32)?;
         y.eval()?;
         out.push(y);
+        check(cancelled)?;
     }
     Ok(ops::concatenate(&out, 0)?)
 }
@@ -146,12 +147,18 @@ impl Decoder {
 
     /// `z: [T, C]` -> audio `[T * hop]` in [-1, 1].
     pub fn forward(&self, z: &Array, g: Option<&Array>) -> Result<Array> {
+        self.forward_checked(z, g, &|| false)
+    }
+
+    /// [`Decoder::forward`], polling `cancelled` between stages and tiles.
+    pub fn forward_checked(&self, z: &Array, g: Option<&Array>, cancelled: Cancelled) -> Result<Array> {
         let mut x = self.conv_pre.forward(z)?;
         if let (Some(cond), Some(g)) = (&self.cond, g) {
             x = ops::add(&x, &cond.forward(g)?)?;
         }
         for (up, blocks) in self.ups.iter().zip(&self.resblocks) {
-            x = stage(up, blocks, &x)?;
+            x = stage(up, blocks, &x, cancelled)?;
+            check(cancelled)?;
         }
         let tile = (TILE_ELEMENTS / self.conv_post.c_in).max(256);
         let x = map_tiles(&x, tile, self.conv_post.radius(), |x| Ok(ops::tanh(&self.conv_post.forward(&leaky_relu(x, 0.01)?)?)?))?;

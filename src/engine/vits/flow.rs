@@ -4,7 +4,7 @@
 //! alternating with channel flips.
 use mlx_rs::{ops, Array};
 
-use super::ops::{cols, flip_channels, Conv1d, Result};
+use super::ops::{check, cols, flip_channels, Cancelled, Conv1d, Result};
 use super::VitsConfig;
 use crate::engine::weights::Weights;
 
@@ -100,12 +100,15 @@ impl Flow {
         self.layers.iter().map(|l| l.enc.in_layers.iter().map(|c| c.radius()).sum::<usize>()).sum()
     }
 
-    /// Reverse: (Flip, coupling) for the layers last to first.
-    pub fn reverse(&self, z_p: &Array, g: Option<&Array>) -> Result<Array> {
+    /// Reverse: (Flip, coupling) for the layers last to first, evaluating
+    /// and polling `cancelled` after each layer.
+    pub fn reverse(&self, z_p: &Array, g: Option<&Array>, cancelled: Cancelled) -> Result<Array> {
         let mut x = z_p.clone();
         for layer in self.layers.iter().rev() {
             x = flip_channels(&x)?;
             x = layer.reverse(&x, g)?;
+            x.eval()?;
+            check(cancelled)?;
         }
         Ok(x)
     }

@@ -17,7 +17,7 @@ pub mod text_encoder;
 
 use mlx_rs::Array;
 
-use self::ops::{array, Result};
+use self::ops::{array, check, Cancelled, Result};
 use crate::engine::weights::Weights;
 use crate::engine::EngineError;
 
@@ -131,6 +131,13 @@ pub struct Vits {
     emb_g: Option<Array>,
 }
 
+/// The prior of one sentence: durations and the sampled `z_p` `[T, C]`.
+pub struct Prior {
+    /// Frames per phoneme id (VITS's `w_ceil`).
+    pub durations: Vec<u32>,
+    pub z_p: Array,
+}
+
 /// What the front half of the model produced for one sentence.
 pub struct Latent {
     /// Frames per phoneme id (VITS's `w_ceil`).
@@ -171,7 +178,9 @@ impl Vits {
     }
 
     /// Text encoder, durations, alignment expansion, prior sampling and the
-    /// reverse flow: everything before the decoder. Evaluates `z`.
+    /// reverse flow: everything before the decoder. Evaluates `z`; polls
+    /// `cancelled` between stages.
+    #[allow(clippy::too_many_arguments)]
     pub fn latent(
         &self,
         ids: &[i64],
@@ -180,14 +189,35 @@ impl Vits {
         noise_scale: f32,
         noise_w: f32,
         seed: u64,
+        cancelled: Cancelled,
     ) -> Result<Latent> {
+        let prior = self.prior(ids, g, length_scale, noise_scale, noise_w, seed, cancelled)?;
+        let z = self.flow.reverse(&prior.z_p, g, cancelled)?;
+        Ok(Latent { durations: prior.durations, z })
+    }
+
+    /// Text encoder, durations, alignment expansion and prior sampling.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prior(
+        &self,
+        ids: &[i64],
+        g: Option<&Array>,
+        length_scale: f32,
+        noise_scale: f32,
+        noise_w: f32,
+        seed: u64,
+        cancelled: Cancelled,
+    ) -> Result<Prior> {
         let key = mlx_rs::random::key(seed)?;
         let (k_dur, k_prior) = mlx_rs::random::split(&key, 2)?;
         let enc = self.enc_p.forward(ids)?;
+        mlx_rs::transforms::eval([&enc.hidden, &enc.m_p, &enc.logs_p])?;
+        check(cancelled)?;
         let logw = self.dp.forward(&enc.hidden, g, noise_w, &k_dur)?; // [L, 1]
         let w = ops::scale(&mlx_rs::ops::exp(&logw)?, length_scale)?;
         let w_ceil = mlx_rs::ops::ceil(&w)?;
         let durations: Vec<u32> = ops::to_vec(&w_ceil)?.iter().map(|&v| v.max(0.0) as u32).collect();
+        check(cancelled)?;
 
         // Alignment expansion: frame t takes phoneme i's prior when t falls in i's span.
         let index: Vec<i32> = durations.iter().enumerate().flat_map(|(i, &d)| std::iter::repeat_n(i as i32, d as usize)).collect();
@@ -201,19 +231,28 @@ impl Vits {
         let t = m.shape()[0];
         let noise = mlx_rs::random::normal::<f32>(&[t, c][..], None, None, &k_prior)?;
         let z_p = mlx_rs::ops::add(&m, &ops::scale(&mlx_rs::ops::multiply(&noise, &mlx_rs::ops::exp(&logs)?)?, noise_scale)?)?;
-        let z = self.flow.reverse(&z_p, g)?;
-        z.eval()?;
-        Ok(Latent { durations, z })
+        z_p.eval()?;
+        Ok(Prior { durations, z_p })
+    }
+
+    /// `z` for the first `frames` frames only, from `z_p` and the flow's
+    /// receptive field beyond them: equal to the start of the whole reverse
+    /// flow, at a fraction of its cost (a streamed sentence's first chunk).
+    pub fn flow_head(&self, z_p: &Array, frames: usize, g: Option<&Array>, cancelled: Cancelled) -> Result<Array> {
+        let t = z_p.shape()[0] as usize;
+        let hi = (frames + self.flow.radius()).min(t);
+        let z = self.flow.reverse(&ops::rows(z_p, 0, hi as i32)?, g, cancelled)?;
+        ops::rows(&z, 0, frames.min(t) as i32)
     }
 
     /// Decodes frames `[start, end)` of `z`, reading `context` extra frames
     /// on each side where they exist; returns exactly `(end - start) * hop`
     /// samples, equal (up to rounding) to that span of a whole decode.
-    pub fn decode_window(&self, z: &Array, start: usize, end: usize, g: Option<&Array>) -> Result<Array> {
+    pub fn decode_window(&self, z: &Array, start: usize, end: usize, g: Option<&Array>, cancelled: Cancelled) -> Result<Array> {
         let t = z.shape()[0] as usize;
         let ctx = self.dec.context_frames();
         let (lo, hi) = (start.saturating_sub(ctx), (end + ctx).min(t));
-        let audio = self.dec.forward(&ops::rows(z, lo as i32, hi as i32)?, g)?;
+        let audio = self.dec.forward_checked(&ops::rows(z, lo as i32, hi as i32)?, g, cancelled)?;
         let hop = self.dec.hop();
         let from = ((start - lo) * hop) as i32;
         Ok(audio.try_index_range(from, from + ((end - start) * hop) as i32)?)
@@ -363,7 +402,7 @@ mod tests {
         let mut outs = vec![];
         for speaker in [0, 2] {
             let g = model.speaker(speaker).unwrap();
-            let lat = model.latent(&ids, g.as_ref(), 1.0, 0.0, 0.0, 0).unwrap();
+            let lat = model.latent(&ids, g.as_ref(), 1.0, 0.0, 0.0, 0, &|| false).unwrap();
             let frames: u32 = lat.durations.iter().sum();
             assert_eq!(lat.z.shape()[0] as u32, frames.max(1));
             let audio = ops::to_vec(&model.dec.forward(&lat.z, g.as_ref()).unwrap()).unwrap();

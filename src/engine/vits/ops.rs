@@ -15,6 +15,19 @@ use crate::engine::EngineError;
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+/// The caller's cancellation flag (a timeout or a gone client), polled
+/// between stages and tiles.
+pub type Cancelled<'a> = &'a dyn Fn() -> bool;
+
+/// `Err(Cancelled)` once the flag is up.
+pub fn check(cancelled: Cancelled) -> Result<()> {
+    if cancelled() {
+        Err(EngineError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
 /// An MLX array from a loaded tensor, with its shape.
 pub fn array(t: &Tensor) -> Array {
     let shape: Vec<i32> = t.shape.iter().map(|&d| d as i32).collect();

@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""A ttsd client in Python's standard library only: a worked example of the
+protocol in PROTOCOL.md (framing, the bincode encoding, the handshake).
+
+Usage:
+    python3 scripts/ttsd_client.py [--socket PATH] say "Hello" out.wav
+        [--voice NAME] [--speaker N] [--seed N] [--timeout-ms N]
+    python3 scripts/ttsd_client.py [--socket PATH] status      # JSON
+    python3 scripts/ttsd_client.py [--socket PATH] health
+
+The socket is --socket, else $TTSD_SOCKET, else $XDG_RUNTIME_DIR/ttsd.sock,
+else /tmp/ttsd-$UID/ttsd.sock. Exit codes: 0 ok, 1 request failed (health:
+not ready), 2 daemon unreachable, 64 usage.
+
+Wire format: every frame is a u32 little-endian payload length, then the
+payload in bincode 2's serde encoding with little-endian fixed-width
+integers: enum variant = u32 index; String = u64 byte length + UTF-8;
+Vec = u64 count + items; Option = u8 0/1 + value; bool = u8; f32/f64 IEEE LE;
+structs and tuples = their fields in order.
+"""
+import argparse
+import json
+import os
+import socket
+import struct
+import sys
+import wave
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024
+
+ERROR_CODES = [
+    "bad_request", "unknown_voice", "overloaded", "timeout", "cancelled",
+    "worker_crashed", "unavailable", "shutting_down", "frame_too_large",
+    "malformed_frame", "unsupported_version", "duplicate_id", "unknown_id",
+    "permission_denied", "internal",
+]
+HEALTH_STATES = ["ready", "degraded", "starting", "stopping"]
+WORKER_STATES = ["starting", "idle", "busy", "stopping"]
+VOICE_STATES = ["pending", "loaded", "failed"]
+
+# Request variant indexes.
+REQ_HELLO, REQ_SYNTHESIZE, REQ_CANCEL, REQ_STATUS, REQ_HEALTH, REQ_VOICES = range(6)
+# Reply variant indexes.
+(REP_HELLO_OK, REP_QUEUED, REP_AUDIO, REP_DONE, REP_ERROR, REP_STATUS,
+ REP_HEALTH, REP_VOICES) = range(8)
+
+
+class TtsdError(Exception):
+    """The daemon answered with an error code."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# --- encoding -------------------------------------------------------------
+
+def u8(v): return struct.pack("<B", v)
+def u32(v): return struct.pack("<I", v)
+def u64(v): return struct.pack("<Q", v)
+def f32(v): return struct.pack("<f", v)
+def string(s):
+    b = s.encode("utf-8")
+    return u64(len(b)) + b
+def option(v, enc): return u8(0) if v is None else u8(1) + enc(v)
+
+
+def hello(client="ttsd_client.py"):
+    return u32(REQ_HELLO) + u32(PROTOCOL_VERSION) + string(client)
+
+
+def synthesize(req_id, text, voice=None, speaker=None, length_scale=None,
+               noise_scale=None, noise_w=None, seed=None, timeout_ms=None,
+               stream=True):
+    return (u32(REQ_SYNTHESIZE) + u64(req_id)
+            + u32(0) + string(text)          # Input::Text
+            + option(voice, string) + option(speaker, u32)
+            + option(length_scale, f32) + option(noise_scale, f32)
+            + option(noise_w, f32) + option(seed, u64)
+            + option(timeout_ms, u64) + u8(1 if stream else 0)
+            + u8(0))                          # fault: None
+
+
+# --- decoding -------------------------------------------------------------
+
+class Reader:
+    def __init__(self, buf):
+        self.buf, self.pos = buf, 0
+
+    def take(self, n):
+        if self.pos + n > len(self.buf):
+            raise ValueError("truncated payload")
+        b = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def unpack(self, fmt):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def u8(self): return self.unpack("<B")
+    def u32(self): return self.unpack("<I")
+    def u64(self): return self.unpack("<Q")
+    def f64(self): return self.unpack("<d")
+    def bool(self): return self.u8() != 0
+    def string(self): return self.take(self.u64()).decode("utf-8")
+    def option(self, dec): return dec() if self.u8() else None
+    def vec(self, dec): return [dec() for _ in range(self.u64())]
+    def name(self, names): return names[self.u32()]
+
+
+def voice_status(r):
+    name, path, state = r.string(), r.string(), r.name(VOICE_STATES)
+
+    def desc():
+        return {"language": r.string(), "quality": r.string(),
+                "sample_rate": r.u32(), "num_speakers": r.u32(),
+                "num_symbols": r.u32()}
+    info = r.option(desc)
+    return {"name": name, "path": path, "state": state, "info": info,
+            "error": r.option(r.string)}
+
+
+def worker_status(r):
+    return {"slot": r.u32(), "pid": r.u32(), "state": r.name(WORKER_STATES),
+            "retiring": r.bool(), "jobs_done": r.u64(), "restarts": r.u64(),
+            "rss_bytes": r.u64(), "heartbeat_age_ms": r.u64(),
+            "uptime_ms": r.u64(), "current_request": r.option(r.u64)}
+
+
+def status_reply(r):
+    s = {"server_version": r.string(), "pid": r.u32(), "uptime_ms": r.u64(),
+         "state": r.name(HEALTH_STATES), "degraded_reason": r.option(r.string),
+         "queue_depth": r.u32(), "queue_capacity": r.u32(),
+         "connections": r.u32(), "workers_configured": r.u32(),
+         "workers": r.vec(lambda: worker_status(r)),
+         "worker_restarts": r.u64(), "worker_recycles": r.u64()}
+    s["totals"] = {"done": r.u64(),
+                   "errors": r.vec(lambda: [r.name(ERROR_CODES), r.u64()])}
+    s["voices"] = r.vec(lambda: voice_status(r))
+    return s
+
+
+def decode_reply(payload):
+    r = Reader(payload)
+    tag = r.u32()
+    if tag == REP_HELLO_OK:
+        out = {"type": "hello_ok", "version": r.u32(), "server": r.string()}
+    elif tag == REP_QUEUED:
+        out = {"type": "queued", "id": r.u64(), "position": r.u32()}
+    elif tag == REP_AUDIO:
+        req_id, seq, rate = r.u64(), r.u32(), r.u32()
+        n = r.u64()
+        out = {"type": "audio", "id": req_id, "seq": seq, "sample_rate": rate,
+               "pcm": r.take(2 * n)}   # n samples of s16le, kept as bytes
+    elif tag == REP_DONE:
+        out = {"type": "done", "id": r.u64(), "audio_seconds": r.f64(),
+               "queue_ms": r.u64(), "synth_ms": r.u64(),
+               "worker_pid": r.u32(), "retried": r.bool()}
+    elif tag == REP_ERROR:
+        out = {"type": "error", "id": r.option(r.u64),
+               "code": r.name(ERROR_CODES), "message": r.string()}
+    elif tag == REP_STATUS:
+        out = {"type": "status", "status": status_reply(r)}
+    elif tag == REP_HEALTH:
+        out = {"type": "health", "state": r.name(HEALTH_STATES),
+               "reason": r.option(r.string)}
+    elif tag == REP_VOICES:
+        out = {"type": "voices", "default_voice": r.string(),
+               "voices": r.vec(lambda: voice_status(r))}
+    else:
+        raise ValueError(f"unknown reply tag {tag}")
+    if r.pos != len(payload):
+        raise ValueError("trailing bytes in reply")
+    return out
+
+
+# --- connection -----------------------------------------------------------
+
+class Connection:
+    def __init__(self, path, timeout=60.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.send(hello())
+        r = self.recv()
+        if r["type"] == "error":
+            raise TtsdError(r["code"], r["message"])
+        if r["type"] != "hello_ok":
+            raise ValueError(f"unexpected handshake reply {r['type']}")
+        self.server = r["server"]
+        self.next_id = 1
+
+    def send(self, payload):
+        self.sock.sendall(u32(len(payload)) + payload)
+
+    def _exact(self, n):
+        chunks = []
+        while n:
+            b = self.sock.recv(min(n, 1 << 20))
+            if not b:
+                raise ConnectionError("ttsd closed the connection")
+            chunks.append(b)
+            n -= len(b)
+        return b"".join(chunks)
+
+    def recv(self):
+        (n,) = struct.unpack("<I", self._exact(4))
+        if n > MAX_FRAME:
+            raise ValueError(f"frame of {n} bytes is too large")
+        return decode_reply(self._exact(n))
+
+    def query(self, tag, want):
+        self.send(u32(tag))
+        while True:
+            r = self.recv()
+            if r["type"] == "error":
+                raise TtsdError(r["code"], r["message"])
+            if r["type"] == want:
+                return r
+
+    def say(self, text, on_audio, **opts):
+        """Synthesize; on_audio(sample_rate, pcm_bytes) per chunk; returns Done."""
+        req_id = self.next_id
+        self.next_id += 1
+        self.send(synthesize(req_id, text, **opts))
+        while True:
+            r = self.recv()
+            if r.get("id") not in (req_id, None):
+                continue
+            if r["type"] == "audio":
+                on_audio(r["sample_rate"], r["pcm"])
+            elif r["type"] == "done":
+                return r
+            elif r["type"] == "error":
+                raise TtsdError(r["code"], r["message"])
+
+    def close(self):
+        self.sock.close()
+
+
+def default_socket():
+    if os.environ.get("TTSD_SOCKET"):
+        return os.environ["TTSD_SOCKET"]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "ttsd.sock")
+    return f"/tmp/ttsd-{os.getuid()}/ttsd.sock"
+
+
+def say_to_wav(conn, text, path, **opts):
+    """Write the speech for text to a mono 16-bit WAV file; returns Done."""
+    out = {"wav": None}
+
+    def on_audio(rate, pcm):
+        if out["wav"] is None:
+            out["wav"] = wave.open(path, "wb")
+            out["wav"].setnchannels(1)
+            out["wav"].setsampwidth(2)
+            out["wav"].setframerate(rate)
+        out["wav"].writeframes(pcm)   # wave writes s16 little endian as is
+
+    try:
+        done = conn.say(text, on_audio, **opts)
+    except BaseException:
+        if out["wav"] is not None:
+            out["wav"].close()
+            os.unlink(path)
+        raise
+    if out["wav"] is None:
+        raise TtsdError("internal", "no audio received")
+    out["wav"].close()
+    return done
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="ttsd client (Python stdlib only)")
+    p.add_argument("--socket", default=None, help="ttsd's socket")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("say", help="speak TEXT into a WAV file")
+    s.add_argument("text")
+    s.add_argument("output")
+    s.add_argument("--voice")
+    s.add_argument("--speaker", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--timeout-ms", type=int)
+    sub.add_parser("status", help="print the daemon's status as JSON")
+    sub.add_parser("health", help="exit 0 if ready, 1 if not, 2 if unreachable")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return 0 if e.code == 0 else 64
+    path = args.socket or default_socket()
+    try:
+        conn = Connection(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"ttsd_client: ttsd is not running at {path} (start it with "
+              "`./scripts/run` or `systemctl --user start ttsd`)", file=sys.stderr)
+        return 2
+    except PermissionError:
+        print(f"ttsd_client: permission denied on {path}", file=sys.stderr)
+        return 2
+    except TtsdError as e:
+        print(f"ttsd_client: handshake refused: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.cmd == "say":
+            opts = {k: v for k, v in [("voice", args.voice), ("speaker", args.speaker),
+                                      ("seed", args.seed), ("timeout_ms", args.timeout_ms)]
+                    if v is not None}
+            done = say_to_wav(conn, args.text, args.output, **opts)
+            print(f"{args.output}: {done['audio_seconds']:.2f} s of audio "
+                  f"(worker {done['worker_pid']})", file=sys.stderr)
+        elif args.cmd == "status":
+            st = conn.query(REQ_STATUS, "status")["status"]
+            print(json.dumps(st, indent=2))
+        elif args.cmd == "health":
+            h = conn.query(REQ_HEALTH, "health")
+            print(h["state"] + (f": {h['reason']}" if h["reason"] else ""))
+            return 0 if h["state"] == "ready" else 1
+    except TtsdError as e:
+        print(f"ttsd_client: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"ttsd_client: {e}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
