@@ -42,7 +42,13 @@ enum Scenario {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "ttsd-stress", about = "Load and fault injection against ttsd, with invariants checked at the end")]
+#[command(
+    name = "ttsd-stress",
+    about = "Load and fault injection against ttsd, with invariants checked at the end",
+    after_help = "Flags override the scenario's values. Exit status: 0 every invariant passed, \
+                  1 an invariant failed, 2 the harness could not run (no ttsd, daemon never ready).\n\
+                  The acceptance chaos run: ttsd-stress --scenario chaos --duration 300 --workers 2 --kill-every 5 --stop-every 20"
+)]
 struct Args {
     #[arg(long, value_enum, default_value = "custom")]
     scenario: Scenario,
@@ -97,6 +103,7 @@ struct Args {
     /// and again every --nonreader-every seconds (0: none).
     #[arg(long, value_name = "N")]
     nonreader: Option<u32>,
+    /// How often the non-reading client submits again (0: only at the start).
     #[arg(long, value_name = "S")]
     nonreader_every: Option<f64>,
     /// hang_timeout_ms of the daemon it starts.
