@@ -82,7 +82,20 @@ impl Daemon {
         let cfg = path.join("daemon.toml");
         std::fs::write(&cfg, settings.toml(&socket, voice))?;
         let log = path.join("ttsd.log");
-        let child = Command::new(ttsd)
+        let mut cmd = Command::new(ttsd);
+        // If the harness dies (Ctrl-C, a panic), the daemon it started goes
+        // too (SIGTERM: it stops its workers and removes its socket).
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(&cfg)
             .stdin(Stdio::null())
