@@ -324,13 +324,11 @@ mod with_voice {
         assert!(!s.workers.iter().any(|x| x.pid == w.pid));
     }
 
-    /// The deadline is met by construction: SIGALRM in the worker ends the
-    /// job at the engine's next cancellation check, and the supervisor kills
-    /// a worker still busy at deadline + kill_grace_ms (900 ms here). The
-    /// worker survives when the engine checks in time, which it does unless
-    /// the machine is badly oversubscribed (then it is replaced, once).
+    /// SIGALRM in the worker ends the job at the engine's next cancellation
+    /// check (tens of milliseconds) and the worker stays up. The supervisor's
+    /// backstop (kill at deadline + kill_grace_ms) must not be needed.
     #[test]
-    fn a_short_deadline_ends_in_timeout_within_1100_ms_and_the_next_request_succeeds() {
+    fn a_short_deadline_ends_in_timeout_within_1100_ms_and_the_worker_stays_up() {
         let d = Daemon::start("kill_grace_ms = 900");
         let before = Daemon::worker_pids(&d.wait_idle(2, Duration::from_secs(60)));
         let mut c = d.client();
@@ -339,15 +337,12 @@ mod with_voice {
         let took = t.elapsed();
         assert_eq!(err.code(), Some(ErrorCode::Timeout), "{err}");
         assert!(took < Duration::from_millis(1100), "timeout answered after {took:?}");
+        assert!(!err.to_string().contains("killed"), "the worker did not stop by itself: {err}");
         let (done, rate, samples) = c.say_collect(req(SHORT)).unwrap();
         assert_valid_audio(rate, &samples, done.audio_seconds);
         let s = d.status();
-        if err.to_string().contains("killed") {
-            assert_eq!(s.worker_restarts, 1, "a deadline kill is one restart");
-        } else {
-            assert_eq!(Daemon::worker_pids(&s), before, "the worker should survive a cooperative timeout");
-            assert_eq!(s.worker_restarts, 0);
-        }
+        assert_eq!(Daemon::worker_pids(&s), before, "the worker should survive a timeout");
+        assert_eq!(s.worker_restarts, 0);
     }
 
     #[test]
