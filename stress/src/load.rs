@@ -1,0 +1,225 @@
+//! Load clients: each one a connection that sends synthesize requests from
+//! the text mix, closed loop (one in flight) or paced (`--rate`), some with
+//! fault flags, and waits for every one's terminal reply.
+//!
+//! Owns request ids (globally unique: client index in the high bits, so the
+//! status reply's `current_request` names one request) and the "lost" verdict.
+use crate::conn::{ConnEvent, LoadConn};
+use crate::texts::{self, Rng};
+use crate::track::{FlagFault, Record, Tracker};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use ttsd::protocol::{Input, Request, SynthRequest};
+
+#[derive(Clone)]
+pub struct LoadSpec {
+    pub socket: PathBuf,
+    pub stream_fraction: f64,
+    pub fault_fraction: f64,
+    pub fault_kinds: Vec<FlagFault>,
+    /// Requests per second per client (`None`: closed loop).
+    pub per_client_rate: Option<f64>,
+    /// Deadline sent with every request.
+    pub timeout_ms: u64,
+    /// A request without its terminal reply after this is lost.
+    pub wait_limit: Duration,
+    pub seed: u64,
+}
+
+/// Shared stop conditions: a request budget and a stop flag.
+#[derive(Clone)]
+pub struct Budget {
+    pub left: Arc<AtomicI64>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Budget {
+    fn take(&self) -> bool {
+        !self.stop.load(Ordering::SeqCst) && self.left.fetch_sub(1, Ordering::SeqCst) > 0
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || self.left.load(Ordering::SeqCst) <= 0
+    }
+}
+
+pub fn id_base(client: usize) -> u64 {
+    (client as u64 + 1) << 32
+}
+
+/// One synthesize request and its record (not yet sent).
+pub fn make_request(
+    tracker: &Tracker,
+    client: usize,
+    id: u64,
+    text: (texts::TextKind, &str),
+    stream: bool,
+    fault: Option<FlagFault>,
+    timeout_ms: u64,
+) -> (Request, Record) {
+    let now = Instant::now();
+    let req = SynthRequest {
+        id,
+        stream,
+        timeout_ms: Some(timeout_ms),
+        fault: fault.map(FlagFault::to_fault),
+        ..SynthRequest::text(text.1)
+    };
+    debug_assert!(matches!(req.input, Input::Text(_)));
+    let rec = Record {
+        id,
+        client,
+        text_kind: text.0,
+        chars: text.1.chars().count(),
+        stream,
+        fault,
+        sent_s: tracker.secs(now),
+        sent: Some(now),
+        queued_ms: None,
+        first_audio_ms: None,
+        total_ms: None,
+        end_s: None,
+        outcome: None,
+        message: None,
+        terminals: 0,
+        after_terminal: 0,
+        seq_gaps: 0,
+        audio_frames: 0,
+        samples: 0,
+        sample_rate: 0,
+        audio_seconds: 0.0,
+        server_queue_ms: 0,
+        synth_ms: 0,
+        worker_pid: 0,
+        retried: false,
+    };
+    (Request::Synthesize(req), rec)
+}
+
+/// Run one client until the budget or the stop flag ends it, then wait for
+/// its requests in flight (up to `wait_limit` each).
+pub fn run_client(client: usize, spec: LoadSpec, budget: Budget, tracker: Tracker) {
+    let mut rng = Rng::new(spec.seed ^ (client as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut next_id = id_base(client);
+    let mut conn: Option<LoadConn> = None;
+    // id -> give-up time
+    let mut pending: HashMap<u64, Instant> = HashMap::new();
+    let interval = spec.per_client_rate.map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
+    // Spread paced clients over the first interval.
+    let mut next_send = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(rng.unit()));
+    let max_in_flight = if interval.is_some() { 256 } else { 1 };
+    loop {
+        let now = Instant::now();
+        if conn.is_none() {
+            // Anything still pending on a dead connection is lost.
+            for (id, _) in pending.drain() {
+                tracker.lost(id, "connection closed before the terminal reply", now);
+            }
+            if budget.stopped() {
+                break;
+            }
+            match LoadConn::open(&spec.socket, &format!("stress-{client}"), &tracker) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    eprintln!("ttsd-stress: client {client}: cannot connect: {e:#}");
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        if budget.stopped() && pending.is_empty() {
+            c.flush(Duration::from_secs(5));
+            break;
+        }
+        if pending.len() < max_in_flight && now >= next_send && budget.take() {
+            let text = texts::pick(&mut rng);
+            let stream = rng.chance(spec.stream_fraction);
+            let fault = if !spec.fault_kinds.is_empty() && rng.chance(spec.fault_fraction) {
+                Some(spec.fault_kinds[rng.below(spec.fault_kinds.len())])
+            } else {
+                None
+            };
+            let id = next_id;
+            next_id += 1;
+            let (req, rec) = make_request(&tracker, client, id, text, stream, fault, spec.timeout_ms);
+            tracker.sent(rec);
+            pending.insert(id, now + spec.wait_limit);
+            if let Some(i) = interval {
+                next_send += i;
+            }
+            if c.send(&req).is_err() {
+                conn = None;
+            }
+            continue;
+        }
+        let wake = if interval.is_some() && !budget.stopped() {
+            next_send.saturating_duration_since(now).min(Duration::from_millis(100))
+        } else {
+            Duration::from_millis(100)
+        };
+        match c.events.recv_timeout(wake) {
+            Ok(ConnEvent::Terminal(id)) => {
+                pending.remove(&id);
+            }
+            Ok(ConnEvent::Health) => {}
+            Ok(ConnEvent::Closed(why)) => {
+                let now = Instant::now();
+                for (id, _) in pending.drain() {
+                    tracker.lost(id, &format!("connection ended before the terminal reply: {why}"), now);
+                }
+                conn = None;
+            }
+            Err(_) => {}
+        }
+        let now = Instant::now();
+        let overdue: Vec<u64> = pending.iter().filter(|(_, &t)| now > t).map(|(&id, _)| id).collect();
+        if !overdue.is_empty() {
+            for id in overdue {
+                pending.remove(&id);
+                tracker.lost(id, &format!("no terminal reply within {:?}", spec.wait_limit), now);
+            }
+            // Whatever comes late on this connection is not waited for.
+            conn = None;
+        }
+    }
+}
+
+/// Send one request on a fresh connection and wait for its end (used for
+/// the scheduled fault-flag requests).
+pub fn one_request(spec: &LoadSpec, tracker: &Tracker, client: usize, id: u64, fault: FlagFault, stream: bool) {
+    let text = (texts::TextKind::Short, "Fault injection request.");
+    let (req, rec) = make_request(tracker, client, id, text, stream, Some(fault), spec.timeout_ms);
+    let mut conn = match LoadConn::open(&spec.socket, "stress-fault", tracker) {
+        Ok(c) => c,
+        Err(e) => {
+            tracker.sent(rec);
+            tracker.lost(id, &format!("cannot connect: {e:#}"), Instant::now());
+            return;
+        }
+    };
+    tracker.sent(rec);
+    if conn.send(&req).is_err() {
+        tracker.lost(id, "send failed", Instant::now());
+        return;
+    }
+    let until = Instant::now() + spec.wait_limit;
+    loop {
+        match conn.events.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(ConnEvent::Terminal(i)) if i == id => break,
+            Ok(ConnEvent::Terminal(_)) | Ok(ConnEvent::Health) => {}
+            Ok(ConnEvent::Closed(why)) => {
+                tracker.lost(id, &format!("connection ended: {why}"), Instant::now());
+                return;
+            }
+            Err(_) => {
+                tracker.lost(id, &format!("no terminal reply within {:?}", spec.wait_limit), Instant::now());
+                return;
+            }
+        }
+    }
+    conn.flush(Duration::from_secs(5));
+}
