@@ -544,11 +544,10 @@ fn bad_input_suite() {
 /// deadline + kill_grace_ms (answer `timeout`, one worker restart, a core
 /// busy for the whole deadline; once the first worker died even before the
 /// deadline and the request was retried on, and killed, a second one).
-/// Expected: `bad_request` at once, from a range check on the scales (or a
-/// cap on the predicted audio length). Ignored until the daemon has it:
-/// `cargo test --release --features fault-injection --test bad_input -- --ignored`.
+/// Regression: huge finite scales were accepted and cost a worker (killed at
+/// the deadline). Now `bad_request` at once, from the range check on the
+/// scales (and the engine caps a sentence's frames).
 #[test]
-#[ignore = "daemon bug: huge finite scales are accepted and cost a worker (see the stress report)"]
 fn absurd_finite_scales_are_refused_at_once() {
     let d = Daemon::start("hang_timeout_ms = 10000");
     d.wait_idle(2, Duration::from_secs(120));
