@@ -114,6 +114,18 @@ impl Engine {
         Ok(self.voices[name].info())
     }
 
+    /// Runs one short sentence through every voice and throws the audio
+    /// away: the first synthesis of a process pays for espeak-ng's voice
+    /// set-up and MLX's first allocations, which no request should wait for.
+    pub fn warm_up(&mut self) -> Result<(), EngineError> {
+        let names: Vec<String> = self.voices.keys().cloned().collect();
+        let params = SynthParams { seed: Some(0), ..Default::default() };
+        for name in names {
+            self.synthesize(&name, &SynthInput::Text("Ready.".into()), &params, &|| false, &mut |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
     pub fn voices(&self) -> impl Iterator<Item = &VoiceInfo> {
         self.voices.values().map(Voice::info)
     }

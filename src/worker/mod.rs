@@ -72,6 +72,9 @@ pub fn run() -> i32 {
             return EXIT_LOAD_FAILED;
         }
     }
+    if let Err(e) = engine.warm_up() {
+        wlog!("warm-up synthesis failed (serving anyway): {e}");
+    }
     let ready = engine.voices().map(|i| (i.name.clone(), describe(i))).collect();
     if chan.send(&FromWorker::Ready { voices: ready }).is_err() {
         return EXIT_CHANNEL;
