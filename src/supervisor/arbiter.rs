@@ -220,7 +220,7 @@ impl Arbiter {
                 }
             }
             Event::Disconnected { conn } => self.disconnected(conn),
-            Event::Worker { wid, msg } => self.from_worker(wid, msg),
+            Event::Worker { wid, msg } => self.on_worker_message(wid, msg),
             Event::Exited { wid, status } => self.exited(wid, status),
         }
     }
@@ -251,7 +251,7 @@ impl Arbiter {
         );
         let timeout = req.timeout_ms.unwrap_or(self.cfg.default_timeout_ms);
         let deadline = arrived + ms(timeout);
-        let voice = checked.as_ref().map(Clone::clone).unwrap_or_default();
+        let voice = checked.clone().unwrap_or_default();
         let p = Pending::new(conn, req, voice, arrived, deadline, out, self.outcomes.clone());
         if let Err((code, message)) = checked {
             return p.fail(code, message, None);
@@ -311,7 +311,7 @@ impl Arbiter {
         }
     }
 
-    fn from_worker(&mut self, wid: WorkerId, msg: FromWorker) {
+    fn on_worker_message(&mut self, wid: WorkerId, msg: FromWorker) {
         let now = Instant::now();
         let max_rss = self.cfg.max_rss_mb << 20;
         let Some(w) = self.workers.get_mut(&wid) else { return };

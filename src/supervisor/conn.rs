@@ -52,17 +52,22 @@ impl Outbox {
         Self { tx, backlog: Arc::new(AtomicUsize::new(0)), closed: Arc::new(Notify::new()) }
     }
 
-    /// Queue `o`; Err when the connection is gone or over its backlog limit.
-    pub fn send(&self, o: Outbound) -> Result<(), ()> {
+    /// Queue `o`; `Err(Closed)` when the connection is gone or over its
+    /// backlog limit (then it is being closed).
+    pub fn send(&self, o: Outbound) -> Result<(), Closed> {
         let w = o.weight();
         if self.backlog.fetch_add(w, Ordering::SeqCst) + w > MAX_BACKLOG_BYTES {
             self.closed.notify_waiters();
             self.closed.notify_one();
-            return Err(());
+            return Err(Closed);
         }
-        self.tx.send(o).map_err(|_| ())
+        self.tx.send(o).map_err(|_| Closed)
     }
 }
+
+/// The connection a reply was for is closed (or closing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
 
 /// Longest a single frame may wait for a client to read it.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);

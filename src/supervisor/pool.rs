@@ -93,6 +93,7 @@ impl WorkerHandle {
 }
 
 /// Start a worker: `exe worker`, its socketpair end as stdin, then Init.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     exe: &Path,
     wid: WorkerId,

@@ -294,7 +294,7 @@ fn schedule(p: &Plan) -> Vec<Scheduled> {
         s.push(at(0.2, Action::NonReader(p.nonreader)));
         faults::periodic(&mut s, p.nonreader_every_s, p.nonreader_every_s, until, Action::NonReader(p.nonreader));
     }
-    s.sort_by(|a, b| a.at.cmp(&b.at));
+    s.sort_by_key(|a| a.at);
     s
 }
 

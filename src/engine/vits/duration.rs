@@ -112,10 +112,10 @@ impl ConvFlow {
 fn knots(unnormalized: &Array, min_size: f32) -> Result<(Array, Array)> {
     let n = unnormalized.shape()[0];
     let sizes = ops::softmax_axis(unnormalized, -1, None)?;
-    let sizes = ops::add(&scale(&sizes, 1.0 - min_size * NUM_BINS as f32)?, &Array::from_f32(min_size))?;
+    let sizes = ops::add(&scale(&sizes, 1.0 - min_size * NUM_BINS as f32)?, Array::from_f32(min_size))?;
     let cum = sizes.cumsum(-1, None, None)?;
     let cum = ops::concatenate(&[ops::zeros::<f32>(&[n, 1])?, cum], 1)?;
-    let cum = ops::add(&scale(&cum, 2.0 * TAIL_BOUND)?, &Array::from_f32(-TAIL_BOUND))?;
+    let cum = ops::add(&scale(&cum, 2.0 * TAIL_BOUND)?, Array::from_f32(-TAIL_BOUND))?;
     // Pin the ends exactly to the interval.
     let inner = cols(&cum, 1, NUM_BINS)?;
     let cum = ops::concatenate(
@@ -136,7 +136,7 @@ fn inverse_spline(y: &Array, uw: &Array, uh: &Array, ud: &Array) -> Result<Array
     let edge = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln();
     let edge = ops::full::<f32>(&[n, 1], Array::from_f32(edge))?;
     let ud = ops::concatenate(&[edge.clone(), ud.clone(), edge], 1)?;
-    let derivs = ops::add(&mlx_rs::nn::softplus(&ud)?, &Array::from_f32(MIN_DERIVATIVE))?; // [N, bins+1]
+    let derivs = ops::add(&mlx_rs::nn::softplus(&ud)?, Array::from_f32(MIN_DERIVATIVE))?; // [N, bins+1]
 
     // Bin index: how many knots (last one nudged up) lie at or below y, minus one.
     let nudge = {
@@ -145,7 +145,7 @@ fn inverse_spline(y: &Array, uw: &Array, uh: &Array, ud: &Array) -> Result<Array
         Array::from_slice(&v, &[1, NUM_BINS + 1])
     };
     let ge = ops::ge(y, &ops::add(&cumheights, &nudge)?)?.as_type::<f32>()?;
-    let bin = ops::subtract(&ge.sum_axis(-1, true)?, &Array::from_f32(1.0))?;
+    let bin = ops::subtract(&ge.sum_axis(-1, true)?, Array::from_f32(1.0))?;
     let bin = ops::clip(&bin, (0.0f32, (NUM_BINS - 1) as f32))?.as_type::<i32>()?; // [N, 1]
     let pick = |a: &Array| -> Result<Array> { Ok(a.take_along_axis(&bin, -1)?) };
     let in_cumwidths = pick(&cumwidths)?;
@@ -164,11 +164,11 @@ fn inverse_spline(y: &Array, uw: &Array, uh: &Array, ud: &Array) -> Result<Array
     let b = ops::subtract(&ops::multiply(&in_heights, &in_d)?, &ops::multiply(&dy, &slope_sum)?)?;
     let c = ops::negative(&ops::multiply(&in_delta, &dy)?)?;
     let disc = ops::subtract(&ops::square(&b)?, &scale(&ops::multiply(&a, &c)?, 4.0)?)?;
-    let disc = ops::maximum(&disc, &Array::from_f32(0.0))?;
+    let disc = ops::maximum(&disc, Array::from_f32(0.0))?;
     let root = ops::divide(&scale(&c, 2.0)?, &ops::subtract(&ops::negative(&b)?, &ops::sqrt(&disc)?)?)?;
     let x = ops::add(&ops::multiply(&root, &in_widths)?, &in_cumwidths)?;
 
-    let inside = ops::logical_and(&ops::ge(y, &Array::from_f32(-TAIL_BOUND))?, &ops::le(y, &Array::from_f32(TAIL_BOUND))?)?;
+    let inside = ops::logical_and(&ops::ge(y, Array::from_f32(-TAIL_BOUND))?, &ops::le(y, Array::from_f32(TAIL_BOUND))?)?;
     Ok(ops::select(&inside, &x, y)?)
 }
 

@@ -85,7 +85,7 @@ impl VitsConfig {
             return Err(bad("missing weight 'dec.ups.0.weight'".into()));
         }
         let n_resblocks = count(ws, "dec.resblocks.", ".convs.0.weight").max(count(ws, "dec.resblocks.", ".convs1.0.weight"));
-        if n_resblocks == 0 || n_resblocks % upsample_rates.len() != 0 {
+        if n_resblocks == 0 || !n_resblocks.is_multiple_of(upsample_rates.len()) {
             return Err(bad(format!("{n_resblocks} decoder resblocks do not divide into {} stages", upsample_rates.len())));
         }
         let (n_speakers, gin) = if ws.contains("emb_g.weight") {

@@ -401,26 +401,26 @@ pub fn gelu(x: &Array) -> Result<Array> {
     let half = Array::from_f32(0.5);
     let inv_sqrt2 = Array::from_f32(std::f32::consts::FRAC_1_SQRT_2);
     let e = ops::erf(&ops::multiply(x, &inv_sqrt2)?)?;
-    Ok(ops::multiply(&ops::multiply(x, &half)?, &ops::add(&e, &Array::from_f32(1.0))?)?)
+    Ok(ops::multiply(&ops::multiply(x, &half)?, &ops::add(&e, Array::from_f32(1.0))?)?)
 }
 
 pub fn leaky_relu(x: &Array, slope: f32) -> Result<Array> {
-    Ok(ops::maximum(x, &ops::multiply(x, &Array::from_f32(slope))?)?)
+    Ok(ops::maximum(x, &ops::multiply(x, Array::from_f32(slope))?)?)
 }
 
 pub fn relu(x: &Array) -> Result<Array> {
-    Ok(ops::maximum(x, &Array::from_f32(0.0))?)
+    Ok(ops::maximum(x, Array::from_f32(0.0))?)
 }
 
 pub fn scale(x: &Array, k: f32) -> Result<Array> {
-    Ok(ops::multiply(x, &Array::from_f32(k))?)
+    Ok(ops::multiply(x, Array::from_f32(k))?)
 }
 
 /// Reverses the channel axis (VITS's `Flip`).
 pub fn flip_channels(x: &Array) -> Result<Array> {
     let c = x.shape()[1];
     let idx: Vec<i32> = (0..c).rev().collect();
-    Ok(x.take_axis(&Array::from_slice(&idx, &[c]), 1)?)
+    Ok(x.take_axis(Array::from_slice(&idx, &[c]), 1)?)
 }
 
 /// Evaluates and copies a float array to the host (row-major).

@@ -119,7 +119,7 @@ impl MultiHeadAttention {
 
         // Absolute scores plus relative-key logits: rel[h, i, j] = q_i . E_k[j - i] for |j - i| <= W.
         let mut scores = ops::matmul(&q, &k.transpose_axes(&[0, 2, 1])?)?; // [h, L, L]
-        let q_rel = ops::matmul(&q, &self.emb_rel_k.t())?; // [h, L, 2W+1]
+        let q_rel = ops::matmul(&q, self.emb_rel_k.t())?; // [h, L, 2W+1]
         let (to_rel, rel_valid) = band_indices(l, |i, j| j - i + w, 2 * w + 1, l);
         let local = q_rel.take_along_axis(&broadcast_heads(&to_rel, self.n_heads, l, l)?, -1)?;
         scores = ops::add(&scores, &ops::multiply(&local, &rel_valid)?)?;
