@@ -539,13 +539,14 @@ fn bad_input_suite() {
 
 /// Daemon bug (reported): a finite but absurd scale passes validation
 /// ("finite and > 0") and reaches the engine, which sizes the output by it.
-/// With length_scale 1e6 or noise_w 1e30 on "Hi." the worker sits in one
-/// enormous stage, never reaches a cancellation point, and is SIGKILLed at
-/// deadline + kill_grace_ms (answer `timeout`, one worker restart, a core
-/// busy for the whole deadline; once the first worker died even before the
-/// deadline and the request was retried on, and killed, a second one).
-/// Expected: `bad_request` at once, from a range check on the scales (or a
-/// cap on the predicted audio length). Ignored until the daemon has it:
+/// Measured on "Hi." with an 8 s deadline: length_scale 1e6 makes the
+/// worker die by SIGSEGV, and its retry kills a second worker the same way
+/// (worker_crashed, two restarts); length_scale f32::MAX and noise_w 1e30
+/// leave the worker in one enormous stage, past every cancellation point,
+/// until it is SIGKILLed at deadline + kill_grace_ms (timeout, a restart,
+/// a core busy for the whole deadline). Expected: `bad_request` at once,
+/// from a range check on the scales (or a cap on the predicted frames).
+/// Ignored until the daemon has it:
 /// `cargo test --release --features fault-injection --test bad_input -- --ignored`.
 #[test]
 #[ignore = "daemon bug: huge finite scales are accepted and cost a worker (see the stress report)"]
