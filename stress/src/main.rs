@@ -200,6 +200,9 @@ fn plan(a: &Args) -> Result<Plan> {
             // hang_timeout), a slow flag, bad frames, a disconnect in the
             // middle of a stream, a client that never reads.
             p.duration_s = Some(16.0);
+            // Above the 4 s default: CI machines are shared, and a healthy
+            // worker starved of CPU for hang_timeout is killed as hung.
+            p.hang_timeout_ms = 6000;
             p.nonreader = 2;
             p.scripted = vec![
                 at(0.5, Action::Malformed),
@@ -217,6 +220,11 @@ fn plan(a: &Args) -> Result<Plan> {
             // leak shows over time rather than the machine's limits.
             p.duration_s = Some(1800.0);
             p.rate = Some(1.0);
+            // The daemon's default: a soak is about the long run, not about
+            // fast hang detection (a 4 s limit on a shared 2-core machine
+            // killed healthy but CPU-starved workers as hung).
+            p.hang_timeout_ms = 10_000;
+            p.stop_for_s = 12.0;
             p.kill_every_s = 120.0;
             p.stop_every_s = 300.0;
             p.fault_fraction = 0.01;
