@@ -6,7 +6,6 @@
 //! [`Client::send`] / [`Client::recv`] directly to pipeline). It never
 //! retries or reconnects on its own.
 pub mod cli;
-pub mod display;
 pub mod hint;
 pub mod metrics;
 pub mod player;
