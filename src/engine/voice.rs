@@ -36,6 +36,8 @@ pub const MAX_NOISE: f32 = 10.0;
 /// receptive field) and in each decoder window after it.
 const FIRST_WINDOW_FRAMES: usize = 24;
 const WINDOW_FRAMES: usize = 192;
+/// Decoder window when not streaming (about 12 s of audio at 22.05 kHz).
+const WHOLE_WINDOW_FRAMES: usize = 1024;
 
 pub struct Voice {
     info: VoiceInfo,
@@ -215,9 +217,12 @@ impl Voice {
             }
             let z = self.model.flow.reverse(&prior.z_p, g.as_ref(), cancelled)?;
             let mut pieces: Vec<Vec<f32>> = Vec::new();
+            // Unstreamed, long windows: less overlap to recompute, and memory
+            // still bounded for a long sentence.
+            let window = if params.stream { WINDOW_FRAMES } else { WHOLE_WINDOW_FRAMES };
             while start < frames {
                 check()?;
-                let end = (start + WINDOW_FRAMES).min(frames);
+                let end = (start + window).min(frames);
                 let audio = to_vec(&self.model.decode_window(&z, start, end, g.as_ref(), cancelled)?)?;
                 if params.stream {
                     send(Chunk { samples: to_pcm(&audio, 1.0), sentence: index, sentences: sentences.len() }, &mut summary)?;
