@@ -42,6 +42,9 @@ pub struct SynthArgs {
     /// Decode in windows and report the first chunk's latency.
     #[arg(long)]
     pub stream: bool,
+    /// Cores the engine may use (default: $TTSD_THREADS, else all).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Output WAV file.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -61,6 +64,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         (None, Some(csv)) => SynthInput::PhonemeIds(parse_ids(csv)?),
         (None, None) => anyhow::bail!("give --text or --phoneme-ids"),
     };
+    crate::engine::cpu::set_threads(args.threads.unwrap_or_else(crate::engine::cpu::threads_from_env));
     let t0 = Instant::now();
     let mut engine = Engine::new();
     let info = engine.load_voice("voice", &args.voice)?.clone();

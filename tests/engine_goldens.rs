@@ -139,6 +139,30 @@ fn windowed_decoding_equals_whole_sentence_decoding() {
     assert!(head_diff < 1e-4, "first streamed chunk differs from whole decoding by up to {head_diff}");
 }
 
+/// Spreading the flow's windows and the decoder's tiles over several MLX
+/// streams (lanes) must not change the audio.
+fn lanes_leave_the_audio_unchanged() {
+    let voice = Voice::load("joe", &voice_path()).unwrap();
+    let case = cases().into_iter().max_by_key(|c| c.ids.len()).unwrap();
+    // Three sentences' worth of ids: several flow windows and decoder tiles.
+    let ids: Vec<i64> = case.ids.iter().chain(&case.ids[1..]).chain(&case.ids[1..]).copied().collect();
+    let params = SynthParams { seed: Some(11), ..Default::default() };
+    let render = |threads: usize| {
+        ttsd::engine::cpu::set_threads(threads);
+        let (_, z, audio) = voice.render_ids(&ids, &params).unwrap();
+        (z.shape()[0], audio)
+    };
+    let (frames, one) = render(1);
+    for threads in [2, 3] {
+        let (f, many) = render(threads);
+        assert_eq!((f, many.len()), (frames, one.len()), "{threads} lanes");
+        let max_diff = many.iter().zip(&one).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("{threads} lanes: {frames} frames, max |diff| from one lane {max_diff:.1e}");
+        assert!(max_diff < 1e-4, "{threads} lanes change the audio by up to {max_diff}");
+    }
+    ttsd::engine::cpu::set_threads(1);
+}
+
 fn streaming_yields_several_chunks_and_cancellation_stops_it() {
     let mut engine = Engine::new();
     engine.load_voice("joe", &voice_path()).unwrap();
@@ -251,6 +275,7 @@ fn main() {
     let tests: &[(&str, fn())] = &[
         ("every_golden_case_matches_the_reference", every_golden_case_matches_the_reference),
         ("windowed_decoding_equals_whole_sentence_decoding", windowed_decoding_equals_whole_sentence_decoding),
+        ("lanes_leave_the_audio_unchanged", lanes_leave_the_audio_unchanged),
         ("streaming_yields_several_chunks_and_cancellation_stops_it", streaming_yields_several_chunks_and_cancellation_stops_it),
         ("text_sentences_become_separate_normalised_chunks", text_sentences_become_separate_normalised_chunks),
         ("bad_parameters_and_ids_are_rejected_clearly", bad_parameters_and_ids_are_rejected_clearly),

@@ -26,17 +26,22 @@ enum Command {
         texts: PathBuf,
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Cores the engine may use (default: all).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
+    ttsd::engine::cpu::prefer_avx512_blas();
     match Cli::parse().command {
         Command::Gemm { n } => {
             let gflops = ttsd::mlx_info::gemm_gflops(n, 5)?;
             let report = serde_json::json!({"n": n, "gflops": gflops, "blas": ttsd::mlx_info::blas(), "mlx": ttsd::mlx_info::mlx_version()});
             println!("{report}");
         }
-        Command::Engine { voice, texts, reps } => {
+        Command::Engine { voice, texts, reps, threads } => {
+            ttsd::engine::cpu::set_threads(threads.unwrap_or_else(ttsd::engine::cpu::threads_from_env));
             let texts: Vec<String> = std::fs::read_to_string(&texts)
                 .with_context(|| format!("reading {}", texts.display()))?
                 .lines()

@@ -33,6 +33,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    ttsd::engine::cpu::prefer_avx512_blas();
     let cli = Cli::parse();
     if cli.version {
         println!("{}", ttsd::mlx_info::version_report());

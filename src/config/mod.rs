@@ -216,8 +216,8 @@ impl Config {
         }
     }
 
-    /// BLAS threads per worker: the cores shared out among the workers.
-    pub fn blas_threads(&self) -> usize {
+    /// Cores per worker's engine: the cores shared out among the workers.
+    pub fn engine_threads(&self) -> usize {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         (cores / self.worker_count().max(1)).max(1)
     }

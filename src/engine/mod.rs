@@ -8,8 +8,10 @@
 //! Layout: `voice_config` (the `.onnx.json`), `onnx` + `weights` (the `.onnx`
 //! initializers, named by the module that consumes them, cached as
 //! safetensors), `phonemize` (espeak-ng), `vits` (the model), `voice` (one
-//! loaded voice: config + model + synthesis loop).
+//! loaded voice: config + model + synthesis loop), `cpu` (BLAS kernels and
+//! the MLX streams independent tiles are spread over).
 
+pub mod cpu;
 pub mod error;
 pub mod onnx;
 pub mod phonemize;

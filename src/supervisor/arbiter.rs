@@ -690,7 +690,7 @@ impl Arbiter {
                 heartbeat_ms: self.cfg.heartbeat_ms,
             };
             let max_jobs = (self.cfg.max_requests > 0).then(|| self.cfg.max_requests + jitter(wid, self.cfg.max_requests_jitter));
-            match pool::spawn(&self.exe, wid, slot, self.generation, init, max_jobs, self.cfg.blas_threads(), self.events_tx.clone()) {
+            match pool::spawn(&self.exe, wid, slot, self.generation, init, max_jobs, self.cfg.engine_threads(), self.events_tx.clone()) {
                 Ok(w) => {
                     crate::logln!("ttsd: started worker {} (slot {slot})", w.pid);
                     self.workers.insert(wid, w);

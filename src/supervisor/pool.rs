@@ -101,7 +101,7 @@ pub fn spawn(
     generation: u64,
     init: ToWorker,
     max_jobs: Option<u64>,
-    blas_threads: usize,
+    engine_threads: usize,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<WorkerHandle> {
     let (ours, theirs) = StdUnixStream::pair()?;
@@ -113,11 +113,15 @@ pub fn spawn(
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    // Workers share the cores: each one's BLAS gets its share, unless the
-    // operator chose (a BLAS that spins for more threads than cores stalls).
+    // Workers share the cores: each engine gets its share (as MLX streams;
+    // see engine::cpu), unless the operator chose. BLAS itself stays
+    // single-threaded: a BLAS that spins for more threads than cores stalls.
+    if std::env::var_os("TTSD_THREADS").is_none() {
+        cmd.env("TTSD_THREADS", engine_threads.to_string());
+    }
     for var in ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"] {
         if std::env::var_os(var).is_none() {
-            cmd.env(var, blas_threads.to_string());
+            cmd.env(var, "1");
         }
     }
     let mut child = cmd.spawn()?;

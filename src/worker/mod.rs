@@ -63,6 +63,7 @@ pub fn run() -> i32 {
             }
         }
     };
+    crate::engine::cpu::set_threads(crate::engine::cpu::threads_from_env());
     let mut engine = Engine::new();
     for v in &voices {
         assert_main_thread();

@@ -4,8 +4,8 @@
 //! then `conv_post` and tanh. Weight norm was folded at export.
 use mlx_rs::{ops, Array};
 
-use super::ops::{check, leaky_relu, map_tiles, rows, scale, Cancelled, Conv1d, ConvTranspose1d, Result};
-use super::VitsConfig;
+use super::ops::{check, eval_tiles, leaky_relu, map_tiles, rows, scale, Cancelled, Conv1d, ConvTranspose1d, Result};
+use super::{math, VitsConfig};
 use crate::engine::weights::Weights;
 
 const LRELU_SLOPE: f32 = 0.1;
@@ -38,30 +38,44 @@ impl ResBlock {
         self.pairs.iter().map(|(a, b)| a.radius() + b.as_ref().map_or(0, |b| b.radius())).sum()
     }
 
-    fn forward(&self, x: &Array) -> Result<Array> {
+    /// `x` `[T, C]` -> the block's output, zero-padded only on the sides
+    /// `pad` says (the sequence's ends); on the other sides every conv is
+    /// "valid", so the output is `[T - lost.0 - lost.1, C]` with `lost` returned.
+    fn forward(&self, x: &Array, pad: (bool, bool)) -> Result<(Array, (i32, i32))> {
         let mut x = x.clone();
+        let mut lost = (0, 0);
         for (c1, c2) in &self.pairs {
-            let mut xt = c1.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
-            if let Some(c2) = c2 {
-                xt = c2.forward(&leaky_relu(&xt, LRELU_SLOPE)?)?;
-            }
-            x = ops::add(&xt, &x)?;
+            let t = x.shape()[0];
+            // Type 1: x += c2(lrelu(c1(lrelu(x)))); type 2: x += c1(lrelu(x)).
+            let (h, last, mut cut) = match c2 {
+                Some(c2) => (leaky_relu(&c1.forward_with(&leaky_relu(&x, LRELU_SLOPE)?, pad, None)?, LRELU_SLOPE)?, c2, c1.shrink(pad)),
+                None => (leaky_relu(&x, LRELU_SLOPE)?, c1, (0, 0)),
+            };
+            let (l, r) = last.shrink(pad);
+            cut = (cut.0 + l, cut.1 + r);
+            x = last.forward_with(&h, pad, Some(&rows(&x, cut.0, t - cut.1)?))?;
+            lost = (lost.0 + cut.0, lost.1 + cut.1);
         }
-        Ok(x)
+        Ok((x, lost))
     }
 }
 
-/// The mean of a stage's multi-receptive-field blocks.
-fn mrf(blocks: &[ResBlock], x: &Array) -> Result<Array> {
-    let mut xs: Option<Array> = None;
-    for block in blocks {
-        let y = block.forward(x)?;
-        xs = Some(match xs {
+/// The mean of a stage's multi-receptive-field blocks over `x`, padded at
+/// the sides `pad` says; returns the rows lost on each side (the most any
+/// block lost: the others are cropped to match).
+fn mrf(blocks: &[ResBlock], x: &Array, pad: (bool, bool)) -> Result<(Array, (i32, i32))> {
+    let outs = blocks.iter().map(|b| b.forward(x, pad)).collect::<Result<Vec<_>>>()?;
+    let lost = outs.iter().fold((0, 0), |acc, (_, l)| (acc.0.max(l.0), acc.1.max(l.1)));
+    let t = x.shape()[0];
+    let mut sum: Option<Array> = None;
+    for (y, l) in &outs {
+        let y = rows(y, lost.0 - l.0, t - l.0 - l.1 - (lost.1 - l.1))?;
+        sum = Some(match sum {
             Some(acc) => ops::add(&acc, &y)?,
             None => y,
         });
     }
-    scale(&xs.expect("at least one resblock"), 1.0 / blocks.len() as f32)
+    Ok((scale(&sum.expect("at least one resblock"), 1.0 / blocks.len() as f32)?, lost))
 }
 
 /// One upsampling stage, `leaky_relu -> ConvTranspose -> MRF`, run in tiles
@@ -78,10 +92,11 @@ fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Array, cancelled: Cancel
     let tile_in = (TILE_ELEMENTS / up.c_out / s).max(8);
     let halo_in = (halo_out + p).div_ceil(s) + m + 1;
     if t <= tile_in + 2 * halo_in {
-        return mrf(blocks, &up.forward(&leaky_relu(x, LRELU_SLOPE)?)?);
+        return Ok(mrf(blocks, &up.forward(&leaky_relu(x, LRELU_SLOPE)?)?, (true, true))?.0);
     }
-    let mut out = Vec::with_capacity(t.div_ceil(tile_in));
-    for start in (0..t).step_by(tile_in) {
+    let starts: Vec<usize> = (0..t).step_by(tile_in).collect();
+    let out = eval_tiles(starts.len(), cancelled, |i| {
+        let start = starts[i];
         let end = (start + tile_in).min(t);
         let (lo, hi) = (start.saturating_sub(halo_in), (end + halo_in).min(t));
         let full = up.forward_full(&leaky_relu(&rows(x, lo as i32, hi as i32)?, LRELU_SLOPE)?)?;
@@ -90,14 +105,14 @@ fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Array, cancelled: Cancel
         let len = full.shape()[0] as isize;
         let (c_lo, c_hi) = (first.max(0), (first + len).min(out_len as isize));
         let seq = rows(&full, (c_lo - first) as i32, (c_hi - first) as i32)?;
-        let y = mrf(blocks, &seq)?;
+        // Zero padding at the sequence's ends only; inside, the convs are
+        // valid and the halo absorbs the rows they lose.
+        let (y, lost) = mrf(blocks, &seq, (c_lo == 0, c_hi == out_len as isize))?;
+        let y_lo = c_lo + lost.0 as isize;
         let keep_lo = if start == 0 { 0 } else { start * s } as isize;
         let keep_hi = if end == t { out_len } else { end * s } as isize;
-        let y = rows(&y, (keep_lo - c_lo) as i32, (keep_hi - c_lo) as i32)?;
-        y.eval()?;
-        out.push(y);
-        check(cancelled)?;
-    }
+        rows(&y, (keep_lo - y_lo) as i32, (keep_hi - y_lo) as i32)
+    })?;
     Ok(ops::concatenate(&out, 0)?)
 }
 
@@ -161,7 +176,7 @@ impl Decoder {
             check(cancelled)?;
         }
         let tile = (TILE_ELEMENTS / self.conv_post.c_in).max(256);
-        let x = map_tiles(&x, tile, self.conv_post.radius(), |x| Ok(ops::tanh(&self.conv_post.forward(&leaky_relu(x, 0.01)?)?)?))?;
+        let x = map_tiles(&x, tile, self.conv_post.radius(), |x| math::tanh(&self.conv_post.forward(&leaky_relu(x, 0.01)?)?))?;
         Ok(x.reshape(&[-1])?)
     }
 }

@@ -4,8 +4,9 @@
 //! alternating with channel flips.
 use mlx_rs::{ops, Array};
 
-use super::ops::{check, cols, flip_channels, Cancelled, Conv1d, Result};
-use super::VitsConfig;
+use super::ops::{check, cols, eval_tiles, flip_channels, rows, Cancelled, Conv1d, Result};
+use crate::engine::cpu;
+use super::{math, VitsConfig};
 use crate::engine::weights::Weights;
 
 /// WaveNet-like stack: `n` gated layers, hidden `H`, optional speaker conditioning.
@@ -44,7 +45,7 @@ impl Wn {
             if let Some(g) = &g {
                 x_in = ops::add(&x_in, &cols(g, 2 * h * i as i32, 2 * h * (i as i32 + 1))?)?;
             }
-            let acts = ops::multiply(&ops::tanh(&cols(&x_in, 0, h)?)?, &ops::sigmoid(&cols(&x_in, h, 2 * h)?)?)?;
+            let acts = ops::multiply(&math::tanh(&cols(&x_in, 0, h)?)?, &math::sigmoid(&cols(&x_in, h, 2 * h)?)?)?;
             let res_skip = rs.forward(&acts)?;
             let skip = if i + 1 < n {
                 x = ops::add(&x, &cols(&res_skip, 0, h)?)?;
@@ -103,13 +104,31 @@ impl Flow {
     /// Reverse: (Flip, coupling) for the layers last to first, evaluating
     /// and polling `cancelled` after each layer.
     pub fn reverse(&self, z_p: &Array, g: Option<&Array>, cancelled: Cancelled) -> Result<Array> {
-        let mut x = z_p.clone();
-        for layer in self.layers.iter().rev() {
-            x = flip_channels(&x)?;
-            x = layer.reverse(&x, g)?;
-            x.eval()?;
-            check(cancelled)?;
+        let t = z_p.shape()[0] as usize;
+        let (n, r) = (cpu::lanes(), self.radius());
+        if n == 1 || t < 4 * r * n {
+            let mut x = z_p.clone();
+            for layer in self.layers.iter().rev() {
+                x = flip_channels(&x)?;
+                x = layer.reverse(&x, g)?;
+                x.eval()?;
+                check(cancelled)?;
+            }
+            return Ok(x);
         }
-        Ok(x)
+        // Windows with the receptive field on each side, one per lane.
+        let piece = t.div_ceil(n);
+        let spans: Vec<(usize, usize, usize)> = (0..n)
+            .map(|i| {
+                let (a, b) = (i * piece, ((i + 1) * piece).min(t));
+                (a, b, a.saturating_sub(r))
+            })
+            .collect();
+        let mut xs = spans.iter().map(|&(_, b, lo)| rows(z_p, lo as i32, (b + r).min(t) as i32)).collect::<Result<Vec<_>>>()?;
+        for layer in self.layers.iter().rev() {
+            xs = eval_tiles(n, cancelled, |i| layer.reverse(&flip_channels(&xs[i])?, g))?;
+        }
+        let kept = spans.iter().zip(&xs).map(|(&(a, b, lo), x)| rows(x, (a - lo) as i32, (b - lo) as i32)).collect::<Result<Vec<_>>>()?;
+        Ok(ops::concatenate(&kept, 0)?)
     }
 }

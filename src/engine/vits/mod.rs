@@ -12,6 +12,7 @@
 pub mod decoder;
 pub mod duration;
 pub mod flow;
+pub mod math;
 pub mod ops;
 pub mod text_encoder;
 

@@ -10,6 +10,7 @@
 use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{ops, Array};
 
+use crate::engine::cpu;
 use crate::engine::weights::{ConvAttrs, Tensor, Weights};
 use crate::engine::EngineError;
 
@@ -167,39 +168,59 @@ impl Conv1d {
         ((self.kernel - 1) * self.dilation) as usize / 2 + 1
     }
 
-    /// `x: [T, C_in]` -> `[T', C_out]`.
-    ///
-    /// Long inputs (the decoder's late stages) accumulate one GEMM per tap
-    /// into the output: materialising the im2col matrix costs more memory
-    /// traffic there than the GEMMs themselves. Short ones use im2col.
+    /// `x: [T, C_in]` -> `[T', C_out]`, zero-padded as the graph says.
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        let y = if self.kernel == 1 {
-            ops::matmul(x, &self.weight)?
+        self.forward_with(x, (true, true), None)
+    }
+
+    /// Rows lost on each side when the padding on a side is left out.
+    pub fn shrink(&self, pad: (bool, bool)) -> (i32, i32) {
+        (if pad.0 { 0 } else { self.pad.0 }, if pad.1 { 0 } else { self.pad.1 })
+    }
+
+    /// [`Conv1d::forward`] zero-padding only the sides `pad` says: on a side
+    /// without padding the convolution is "valid" and the output loses
+    /// [`Conv1d::shrink`] rows there (used inside tiles, whose neighbouring
+    /// rows are real data; skipping the pad saves a copy of the input).
+    /// `residual` `[T', C_out]`, when given, is added to the output (it
+    /// seeds the first GEMM's accumulator instead of a separate pass).
+    ///
+    /// Long inputs (the decoder's late stages) accumulate one GEMM per tap:
+    /// materialising the im2col matrix costs more memory traffic there than
+    /// the GEMMs themselves. Short ones use im2col.
+    pub fn forward_with(&self, x: &Array, pad: (bool, bool), residual: Option<&Array>) -> Result<Array> {
+        let (l, r) = self.shrink(pad);
+        let xp = pad_time(x, self.pad.0 - l, self.pad.1 - r)?;
+        let t_out = xp.shape()[0] - self.dilation * (self.kernel - 1);
+        // What the products are added to: residual and/or bias.
+        let init = match (residual, &self.bias) {
+            (Some(res), Some(b)) => Some(ops::add(res, b)?),
+            (Some(res), None) => Some(res.clone()),
+            (None, Some(b)) => Some(b.clone()),
+            (None, None) => None,
+        };
+        let product = |acc: Option<&Array>, a: &Array, w: &Array| -> Result<Array> {
+            Ok(match acc {
+                Some(c) => ops::addmm(c, a, w, None, None)?,
+                None => ops::matmul(a, w)?,
+            })
+        };
+        if self.kernel == 1 {
+            product(init.as_ref(), &xp, &self.weight)
         } else if x.shape()[0] as usize * self.c_in >= TAP_ACCUMULATE_ELEMENTS {
-            let xp = pad_time(x, self.pad.0, self.pad.1)?;
-            let t_out = xp.shape()[0] - self.dilation * (self.kernel - 1);
-            let mut y = match &self.bias {
-                Some(b) => ops::addmm(b, &rows(&xp, 0, t_out)?, &self.taps[0], None, None)?,
-                None => ops::matmul(&rows(&xp, 0, t_out)?, &self.taps[0])?,
-            };
+            let mut y = product(init.as_ref(), &rows(&xp, 0, t_out)?, &self.taps[0])?;
             for (i, w) in self.taps.iter().enumerate().skip(1) {
                 let start = i as i32 * self.dilation;
                 y = ops::addmm(&y, &rows(&xp, start, start + t_out)?, w, None, None)?;
             }
-            return Ok(y);
+            Ok(y)
         } else {
-            let xp = pad_time(x, self.pad.0, self.pad.1)?;
-            let t_out = xp.shape()[0] - self.dilation * (self.kernel - 1);
             let taps = (0..self.kernel)
                 .map(|i| rows(&xp, i * self.dilation, i * self.dilation + t_out))
                 .collect::<Result<Vec<_>>>()?;
             let im2col = ops::concatenate(&taps, 1)?; // [T', K*C_in]
-            ops::matmul(&im2col, &self.weight)?
-        };
-        Ok(match &self.bias {
-            Some(b) => ops::add(&y, b)?,
-            None => y,
-        })
+            product(init.as_ref(), &im2col, &self.weight)
+        }
     }
 }
 
@@ -384,23 +405,37 @@ pub fn map_tiles(x: &Array, tile: usize, halo: usize, f: impl Fn(&Array) -> Resu
     if t <= tile + 2 * halo {
         return f(x);
     }
-    let mut out = Vec::with_capacity(t.div_ceil(tile));
-    for start in (0..t).step_by(tile) {
+    let starts: Vec<usize> = (0..t).step_by(tile).collect();
+    let out = eval_tiles(starts.len(), &|| false, |i| {
+        let start = starts[i];
         let end = (start + tile).min(t);
         let (lo, hi) = (start.saturating_sub(halo), (end + halo).min(t));
         let y = f(&rows(x, lo as i32, hi as i32)?)?;
-        let y = rows(&y, (start - lo) as i32, (end - lo) as i32)?;
-        y.eval()?;
-        out.push(y);
-    }
+        rows(&y, (start - lo) as i32, (end - lo) as i32)
+    })?;
     Ok(ops::concatenate(&out, 0)?)
+}
+
+/// Builds and evaluates `n` independent pieces of work, as many at a time
+/// as there are lanes, each built on its own lane so that they run side by
+/// side; polls `cancelled` after each group.
+pub fn eval_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Result<Array>) -> Result<Vec<Array>> {
+    let lanes = cpu::lanes();
+    let mut out = Vec::with_capacity(n);
+    for first in (0..n).step_by(lanes) {
+        let group = (first..(first + lanes).min(n)).map(|i| cpu::on_lane(i - first, || build(i))).collect::<Result<Vec<_>>>()?;
+        mlx_rs::transforms::eval(group.iter())?;
+        out.extend(group);
+        check(cancelled)?;
+    }
+    Ok(out)
 }
 
 /// Exact (erf) GELU, as PyTorch's default.
 pub fn gelu(x: &Array) -> Result<Array> {
     let half = Array::from_f32(0.5);
     let inv_sqrt2 = Array::from_f32(std::f32::consts::FRAC_1_SQRT_2);
-    let e = ops::erf(&ops::multiply(x, &inv_sqrt2)?)?;
+    let e = super::math::erf(&ops::multiply(x, &inv_sqrt2)?)?;
     Ok(ops::multiply(&ops::multiply(x, &half)?, &ops::add(&e, Array::from_f32(1.0))?)?)
 }
 
