@@ -272,6 +272,8 @@ fn broken_voice_files_give_clear_errors() {
 }
 
 fn main() {
+    // The BLAS kernels production runs with (the binaries choose them too).
+    ttsd::engine::cpu::choose_blas_kernels();
     let tests: &[(&str, fn())] = &[
         ("every_golden_case_matches_the_reference", every_golden_case_matches_the_reference),
         ("windowed_decoding_equals_whole_sentence_decoding", windowed_decoding_equals_whole_sentence_decoding),

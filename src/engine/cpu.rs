@@ -1,11 +1,14 @@
 //! How the engine uses the CPU: which OpenBLAS kernels, and how many lanes.
 //!
 //! * Kernels: Debian 12's OpenBLAS 0.3.21 does not know recent AMD cores
-//!   (Zen 4/5) and falls back to its AVX2 ("Haswell") kernels although the
-//!   CPU has AVX-512; its AVX-512 ("SkylakeX") SGEMM is about twice as fast
-//!   here. OpenBLAS picks its kernels when it is loaded, before `main`, from
-//!   `OPENBLAS_CORETYPE`, so [`prefer_avx512_blas`] sets that and re-executes
-//!   the program once. An operator's own `OPENBLAS_CORETYPE` always wins.
+//!   (Zen 4/5) and uses its AVX2 ("Haswell") kernels although the CPU has
+//!   AVX-512, and some environments pin `OPENBLAS_CORETYPE=Haswell`
+//!   machine-wide. Its AVX-512 ("SkylakeX") SGEMM is about twice as fast on
+//!   such CPUs, and the reference runtime (onnxruntime's MLAS) picks AVX-512
+//!   kernels by itself. OpenBLAS chooses when it is loaded, before `main`,
+//!   from `OPENBLAS_CORETYPE`, so [`choose_blas_kernels`] sets that and
+//!   re-executes the program once. `TTSD_BLAS_CORETYPE` decides instead when
+//!   set: a core name for OpenBLAS, or `inherit` to leave the environment be.
 //! * Lanes: MLX's CPU element-wise ops and copies are single-threaded and
 //!   OpenBLAS's threads spin between the small GEMMs of a tile, so instead of
 //!   BLAS threads the engine spreads independent pieces of work (decoder
@@ -18,36 +21,57 @@ use std::cell::RefCell;
 
 use mlx_rs::{Device, DeviceType, Stream};
 
-/// The OpenBLAS kernel set to ask for on this CPU, if the default may be slower.
-fn avx512_coretype() -> Option<&'static str> {
+/// OpenBLAS core names whose SGEMM uses AVX-512.
+const AVX512_CORES: [&str; 3] = ["SkylakeX", "Cooperlake", "SapphireRapids"];
+
+/// The OpenBLAS kernels this CPU should use, when OpenBLAS's own choice may
+/// be slower: AVX-512 ones where the CPU has AVX-512.
+fn best_coretype() -> Option<&'static str> {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        let all = std::arch::is_x86_feature_detected!("avx512f")
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512cd");
-        if all {
+        if avx512 {
             return Some("SkylakeX");
         }
     }
     None
 }
 
-/// On an AVX-512 CPU with no `OPENBLAS_CORETYPE` set: sets it and re-executes
-/// this program with the same arguments (same pid, same open descriptors).
-/// Call first thing in `main`, before any thread starts. Returns when nothing
-/// needs doing or when the exec failed (then the default kernels are used).
-pub fn prefer_avx512_blas() {
-    let Some(core) = avx512_coretype() else { return };
-    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
-        return;
-    }
+/// The `OPENBLAS_CORETYPE` this process should run with, given the
+/// environment's value and `TTSD_BLAS_CORETYPE`; `None`: leave it as it is.
+fn wanted_coretype(current: Option<&str>, ttsd_choice: Option<&str>, best: Option<&'static str>) -> Option<String> {
+    let want = match ttsd_choice {
+        Some("inherit") => return None,
+        Some(core) if !core.is_empty() => core.to_string(),
+        _ => {
+            let best = best?;
+            if current.is_some_and(|c| AVX512_CORES.iter().any(|a| a.eq_ignore_ascii_case(c))) {
+                return None;
+            }
+            best.to_string()
+        }
+    };
+    (current != Some(want.as_str())).then_some(want)
+}
+
+/// Puts OpenBLAS on the best kernels for this CPU (see the module doc):
+/// when `OPENBLAS_CORETYPE` should change, sets it and re-executes this
+/// program with the same arguments (same pid, same open descriptors). Call
+/// first thing in `main`, before any thread starts. Returns when nothing
+/// needs doing or when the exec failed (then the kernels stay as they are).
+pub fn choose_blas_kernels() {
+    let current = std::env::var("OPENBLAS_CORETYPE").ok();
+    let ttsd_choice = std::env::var("TTSD_BLAS_CORETYPE").ok();
+    let Some(core) = wanted_coretype(current.as_deref(), ttsd_choice.as_deref(), best_coretype()) else { return };
     use std::os::unix::process::CommandExt;
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_default();
-    let err = std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).env("OPENBLAS_CORETYPE", core).exec();
-    eprintln!("ttsd: could not re-execute with OPENBLAS_CORETYPE={core} ({err}); using the default BLAS kernels");
+    let err = std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).env("OPENBLAS_CORETYPE", &core).exec();
+    eprintln!("ttsd: could not re-execute with OPENBLAS_CORETYPE={core} ({err}); keeping the current BLAS kernels");
 }
 
 thread_local! {
@@ -107,6 +131,24 @@ fn set_blas_threads(n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coretype_choice() {
+        let avx = Some("SkylakeX");
+        // An AVX-512 CPU: AVX2 kernels (inherited or OpenBLAS's guess) are replaced.
+        assert_eq!(wanted_coretype(Some("Haswell"), None, avx).as_deref(), Some("SkylakeX"));
+        assert_eq!(wanted_coretype(None, None, avx).as_deref(), Some("SkylakeX"));
+        // Already AVX-512 kernels, or no AVX-512: nothing to do.
+        assert_eq!(wanted_coretype(Some("SkylakeX"), None, avx), None);
+        assert_eq!(wanted_coretype(Some("cooperlake"), None, avx), None);
+        assert_eq!(wanted_coretype(Some("Haswell"), None, None), None);
+        assert_eq!(wanted_coretype(None, None, None), None);
+        // TTSD_BLAS_CORETYPE decides when set.
+        assert_eq!(wanted_coretype(Some("Haswell"), Some("inherit"), avx), None);
+        assert_eq!(wanted_coretype(Some("SkylakeX"), Some("Haswell"), avx).as_deref(), Some("Haswell"));
+        assert_eq!(wanted_coretype(Some("Haswell"), Some("Haswell"), avx), None);
+        assert_eq!(wanted_coretype(None, Some("Zen"), None).as_deref(), Some("Zen"));
+    }
 
     #[test]
     fn lanes_follow_set_threads() {

@@ -4,7 +4,7 @@
 //! then `conv_post` and tanh. Weight norm was folded at export.
 use mlx_rs::{ops, Array};
 
-use super::ops::{check, eval_tiles, leaky_relu, map_tiles, rows, scale, Cancelled, Conv1d, ConvTranspose1d, Result};
+use super::ops::{check, checkpoint, eval_tiles, leaky_relu, map_tiles, rows, scale, Cancelled, Conv1d, ConvTranspose1d, Result};
 use super::{math, VitsConfig};
 use crate::engine::weights::Weights;
 
@@ -54,6 +54,7 @@ impl ResBlock {
             let (l, r) = last.shrink(pad);
             cut = (cut.0 + l, cut.1 + r);
             x = last.forward_with(&h, pad, Some(&rows(&x, cut.0, t - cut.1)?))?;
+            checkpoint(&x);
             lost = (lost.0 + cut.0, lost.1 + cut.1);
         }
         Ok((x, lost))
@@ -100,6 +101,7 @@ fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Array, cancelled: Cancel
         let end = (start + tile_in).min(t);
         let (lo, hi) = (start.saturating_sub(halo_in), (end + halo_in).min(t));
         let full = up.forward_full(&leaky_relu(&rows(x, lo as i32, hi as i32)?, LRELU_SLOPE)?)?;
+        checkpoint(&full);
         // `full` row i is output sample lo*s - p + i; crop to [0, out_len).
         let first = (lo * s) as isize - p as isize;
         let len = full.shape()[0] as isize;

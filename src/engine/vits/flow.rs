@@ -4,7 +4,7 @@
 //! alternating with channel flips.
 use mlx_rs::{ops, Array};
 
-use super::ops::{check, cols, eval_tiles, flip_channels, rows, Cancelled, Conv1d, Result};
+use super::ops::{check, checkpoint, cols, eval_tiles, flip_channels, rows, Cancelled, Conv1d, Result};
 use crate::engine::cpu;
 use super::{math, VitsConfig};
 use crate::engine::weights::Weights;
@@ -53,10 +53,12 @@ impl Wn {
             } else {
                 res_skip
             };
-            output = Some(match output {
+            let sum = match output {
                 Some(o) => ops::add(&o, &skip)?,
                 None => skip,
-            });
+            };
+            checkpoint(&sum);
+            output = Some(sum);
         }
         Ok(output.expect("WN has at least one layer"))
     }

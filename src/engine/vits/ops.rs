@@ -7,6 +7,8 @@
 //! matmul followed by an overlap-add of `ceil(K / stride)` shifted blocks.
 //! Weights are converted from PyTorch's `[C_out, C_in, K]` layout here, once,
 //! at load time. Never evaluates anything: callers decide when to `eval`.
+use std::cell::RefCell;
+
 use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{ops, Array};
 
@@ -416,14 +418,48 @@ pub fn map_tiles(x: &Array, tile: usize, halo: usize, f: impl Fn(&Array) -> Resu
     Ok(ops::concatenate(&out, 0)?)
 }
 
+thread_local! {
+    /// Where [`checkpoint`] records arrays while [`eval_tiles`] builds a piece.
+    static CHECKPOINTS: RefCell<Option<Vec<Array>>> = const { RefCell::new(None) };
+}
+
+/// Marks `x` as a point where the piece being built for [`eval_tiles`] may
+/// be evaluated up to, interleaved with the other lanes' pieces. No effect
+/// outside `eval_tiles`.
+pub fn checkpoint(x: &Array) {
+    CHECKPOINTS.with_borrow_mut(|c| {
+        if let Some(c) = c {
+            c.push(x.clone());
+        }
+    });
+}
+
 /// Builds and evaluates `n` independent pieces of work, as many at a time
-/// as there are lanes, each built on its own lane so that they run side by
-/// side; polls `cancelled` after each group.
+/// as there are lanes, piece `i` on lane `i % lanes` so that they run side
+/// by side; polls `cancelled` after each group.
+///
+/// MLX schedules an evaluation depth-first, one output's graph after the
+/// other's, and caps how many tasks it queues ahead, so a group evaluated
+/// in one call would run mostly one lane at a time. Each piece's graph is
+/// therefore evaluated in segments ([`checkpoint`]s), round-robin over the
+/// lanes, so that every lane always has queued work.
 pub fn eval_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Result<Array>) -> Result<Vec<Array>> {
     let lanes = cpu::lanes();
     let mut out = Vec::with_capacity(n);
     for first in (0..n).step_by(lanes) {
-        let group = (first..(first + lanes).min(n)).map(|i| cpu::on_lane(i - first, || build(i))).collect::<Result<Vec<_>>>()?;
+        let mut pieces = Vec::with_capacity(lanes);
+        for i in first..(first + lanes).min(n) {
+            CHECKPOINTS.with_borrow_mut(|c| *c = (lanes > 1).then(Vec::new));
+            let built = cpu::on_lane(i - first, || build(i));
+            let marks = CHECKPOINTS.with_borrow_mut(|c| c.take()).unwrap_or_default();
+            pieces.push((built?, marks));
+        }
+        let segments = pieces.iter().map(|(_, m)| m.len()).max().unwrap_or(0);
+        for k in 0..segments {
+            let due: Vec<&Array> = pieces.iter().filter_map(|(_, m)| m.get(k)).collect();
+            mlx_rs::transforms::async_eval(due)?;
+        }
+        let group: Vec<Array> = pieces.into_iter().map(|(y, _)| y).collect();
         mlx_rs::transforms::eval(group.iter())?;
         out.extend(group);
         check(cancelled)?;
