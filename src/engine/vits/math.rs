@@ -1,5 +1,6 @@
-//! `tanh`, `sigmoid` and `erf` as rational functions built from MLX's
-//! add/multiply/divide, accurate to a few float32 ulps.
+//! `exp`, `softmax`, `tanh`, `sigmoid` and `erf` built from MLX's
+//! add/multiply/divide (and an integer view for `exp`'s power of two),
+//! accurate to a few float32 ulps.
 //!
 //! Why: MLX's CPU build for x86-64 has no SIMD path for transcendental
 //! functions; `exp`, `tanh`, `sigmoid` and `erf` run one element at a time
@@ -26,6 +27,33 @@ fn odd_rational(x: &Array, x2: &Array, p: &[f32], q: &[f32]) -> Result<Array> {
         Ok(acc)
     };
     Ok(ops::divide(&ops::multiply(x, &horner(p)?)?, &horner(q)?)?)
+}
+
+/// `exp(x)` for `x <= 88` (below -87 it gives exp(-87), about 1.6e-38):
+/// `2^n * p(r)` with `n = round(x / ln 2)`, `r = x - n ln 2` (in two parts,
+/// Cody-Waite) and Cephes's degree-5 polynomial for `exp(r)`; `2^n` is
+/// written straight into a float's exponent bits.
+pub fn exp(x: &Array) -> Result<Array> {
+    const P: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+    let x = ops::clip(x, (-87.0_f32, 88.0_f32))?;
+    let n = ops::floor(&ops::add(&ops::multiply(&x, c(std::f32::consts::LOG2_E))?, c(0.5))?)?;
+    let r = ops::subtract(&x, &ops::multiply(&n, c(0.693_359_4))?)?;
+    let r = ops::subtract(&r, &ops::multiply(&n, c(-2.121_944_4e-4))?)?;
+    let mut p = ops::add(&ops::multiply(&r, c(P[0]))?, c(P[1]))?;
+    for &k in &P[2..] {
+        p = ops::add(&ops::multiply(&p, &r)?, c(k))?;
+    }
+    // exp(r) = 1 + r + r^2 * p(r)
+    let e = ops::add(&ops::add(&ops::multiply(&ops::multiply(&p, &r)?, &r)?, &r)?, c(1.0))?;
+    let bits = ops::multiply(&ops::add(&n.as_type::<i32>()?, Array::from_int(127))?, Array::from_int(1 << 23))?;
+    Ok(ops::multiply(&e, &bits.view::<f32>()?)?)
+}
+
+/// Softmax over the last axis, with [`exp`].
+pub fn softmax(x: &Array) -> Result<Array> {
+    let shifted = ops::subtract(x, &ops::max_axis(x, -1, true)?)?;
+    let e = exp(&shifted)?;
+    Ok(ops::divide(&e, &ops::sum_axis(&e, -1, true)?)?)
 }
 
 /// `tanh(x)`; exact to float32 rounding beyond |x| = 7.9 (where it is ±1).
@@ -107,6 +135,20 @@ mod tests {
         let _lock = crate::mlx_test_lock();
         let (xs, a) = grid();
         let t = tanh(&a).unwrap();
+        let neg: Vec<f32> = (0..=20_000).map(|i| -(i as f32) * 4.35e-3).chain((0..=2_000).map(|i| i as f32 * 4.4e-2)).collect();
+        let x = exp(&Array::from_slice(&neg, &[neg.len() as i32])).unwrap();
+        let rel = x
+            .as_slice::<f32>()
+            .iter()
+            .zip(&neg)
+            .map(|(g, &v)| ((*g as f64 - (v as f64).exp()) / (v as f64).exp()).abs())
+            .fold(0.0, f64::max);
+        assert!(rel < 1e-6, "exp max relative error {rel}");
+        let scores = Array::from_slice(&[1.0f32, 2.0, 3.0, -1e4, 0.5, 0.5], &[2, 3]);
+        let sm = softmax(&scores).unwrap();
+        let want = mlx_rs::ops::softmax_axis(&scores, -1, None).unwrap();
+        let d = sm.as_slice::<f32>().iter().zip(want.as_slice::<f32>()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(d < 1e-6, "softmax differs from MLX's by {d}");
         let s = sigmoid(&a).unwrap();
         let e = erf(&a).unwrap();
         mlx_rs::transforms::eval([&t, &s, &e]).unwrap();

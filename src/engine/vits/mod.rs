@@ -238,7 +238,7 @@ impl Vits {
         };
         let t = m.shape()[0];
         let noise = mlx_rs::random::normal::<f32>(&[t, c][..], None, None, &k_prior)?;
-        let z_p = mlx_rs::ops::add(&m, &ops::scale(&mlx_rs::ops::multiply(&noise, &mlx_rs::ops::exp(&logs)?)?, noise_scale)?)?;
+        let z_p = mlx_rs::ops::add(&m, &ops::scale(&mlx_rs::ops::multiply(&noise, &math::exp(&logs)?)?, noise_scale)?)?;
         z_p.eval()?;
         Ok(Prior { durations, z_p })
     }

@@ -105,7 +105,7 @@ pub fn pad_time(x: &Array, left: i32, right: i32) -> Result<Array> {
 }
 
 /// Inputs with at least this many elements use per-tap accumulation.
-const TAP_ACCUMULATE_ELEMENTS: usize = 1 << 16;
+const TAP_ACCUMULATE_ELEMENTS: usize = 1 << 14;
 
 /// A 1-D convolution, stride 1, groups 1, any kernel size and dilation.
 /// Weight `[C_out, C_in, K]` is stored as `[K*C_in, C_out]` (im2col form) and

@@ -7,7 +7,7 @@
 use mlx_rs::{ops, Array};
 
 use super::ops::{array, cols, relu, scale, Conv1d, LayerNorm, Result};
-use super::VitsConfig;
+use super::{math, VitsConfig};
 use crate::engine::weights::Weights;
 
 /// Named outputs of the encoder.
@@ -124,7 +124,7 @@ impl MultiHeadAttention {
         let local = q_rel.take_along_axis(&broadcast_heads(&to_rel, self.n_heads, l, l)?, -1)?;
         scores = ops::add(&scores, &ops::multiply(&local, &rel_valid)?)?;
 
-        let p = ops::softmax_axis(&scores, -1, None)?; // [h, L, L]
+        let p = math::softmax(&scores)?; // [h, L, L]
         let mut out = ops::matmul(&p, &v)?; // [h, L, d_k]
         // Relative values: weight of offset r for query i is p[h, i, i + r - W].
         let (to_abs, abs_valid) = band_indices(l, |i, r| i + r - w, l, 2 * w + 1);
