@@ -6,6 +6,7 @@ use mlx_rs::{ops, Array};
 
 use super::ops::{check, checkpoint, eval_tiles, leaky_relu, map_tiles, rows, scale, Cancelled, Conv1d, ConvTranspose1d, Result};
 use super::{math, VitsConfig};
+use crate::engine::cpu;
 use crate::engine::weights::Weights;
 
 const LRELU_SLOPE: f32 = 0.1;
@@ -92,9 +93,13 @@ fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Array, cancelled: Cancel
     let halo_out = blocks.iter().map(ResBlock::radius).max().unwrap_or(0);
     let tile_in = (TILE_ELEMENTS / up.c_out / s).max(8);
     let halo_in = (halo_out + p).div_ceil(s) + m + 1;
-    if t <= tile_in + 2 * halo_in {
+    if t <= tile_in + 2 * halo_in && cpu::lanes() == 1 {
         return Ok(mrf(blocks, &up.forward(&leaky_relu(x, LRELU_SLOPE)?)?, (true, true))?.0);
     }
+    // As many tiles as lanes at least, a multiple of them, evenly sized.
+    let lanes = cpu::lanes();
+    let tiles = t.div_ceil(tile_in).next_multiple_of(lanes);
+    let tile_in = t.div_ceil(tiles);
     let starts: Vec<usize> = (0..t).step_by(tile_in).collect();
     let out = eval_tiles(starts.len(), cancelled, |i| {
         let start = starts[i];

@@ -126,10 +126,14 @@ impl Flow {
                 (a, b, a.saturating_sub(r))
             })
             .collect();
-        let mut xs = spans.iter().map(|&(_, b, lo)| rows(z_p, lo as i32, (b + r).min(t) as i32)).collect::<Result<Vec<_>>>()?;
-        for layer in self.layers.iter().rev() {
-            xs = eval_tiles(n, cancelled, |i| layer.reverse(&flip_channels(&xs[i])?, g))?;
-        }
+        let xs = eval_tiles(n, cancelled, |i| {
+            let (_, b, lo) = spans[i];
+            let mut x = rows(z_p, lo as i32, (b + r).min(t) as i32)?;
+            for layer in self.layers.iter().rev() {
+                x = layer.reverse(&flip_channels(&x)?, g)?;
+            }
+            Ok(x)
+        })?;
         let kept = spans.iter().zip(&xs).map(|(&(a, b, lo), x)| rows(x, (a - lo) as i32, (b - lo) as i32)).collect::<Result<Vec<_>>>()?;
         Ok(ops::concatenate(&kept, 0)?)
     }

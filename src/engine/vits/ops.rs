@@ -442,10 +442,14 @@ pub fn checkpoint(x: &Array) {
 /// other's, and caps how many tasks it queues ahead, so a group evaluated
 /// in one call would run mostly one lane at a time. Each piece's graph is
 /// therefore evaluated in segments ([`checkpoint`]s), round-robin over the
-/// lanes, so that every lane always has queued work.
+/// lanes, so that every lane always has queued work; and the next group is
+/// built and queued before the previous one is waited for, so the lanes do
+/// not idle while this thread builds graphs. At most two groups are in
+/// flight.
 pub fn eval_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Result<Array>) -> Result<Vec<Array>> {
     let lanes = cpu::lanes();
-    let mut out = Vec::with_capacity(n);
+    let mut out: Vec<Array> = Vec::with_capacity(n);
+    let mut waited = 0;
     for first in (0..n).step_by(lanes) {
         let mut pieces = Vec::with_capacity(lanes);
         for i in first..(first + lanes).min(n) {
@@ -460,10 +464,15 @@ pub fn eval_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Resul
             mlx_rs::transforms::async_eval(due)?;
         }
         let group: Vec<Array> = pieces.into_iter().map(|(y, _)| y).collect();
-        mlx_rs::transforms::eval(group.iter())?;
+        mlx_rs::transforms::async_eval(group.iter())?;
+        // Wait for the group before this one (the two run back to back).
+        mlx_rs::transforms::eval(out[waited..].iter())?;
+        waited = out.len();
         out.extend(group);
         check(cancelled)?;
     }
+    mlx_rs::transforms::eval(out[waited..].iter())?;
+    check(cancelled)?;
     Ok(out)
 }
 
