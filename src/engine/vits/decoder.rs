@@ -98,7 +98,7 @@ fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Array, cancelled: Cancel
     }
     // As many tiles as lanes at least, a multiple of them, evenly sized.
     let lanes = cpu::lanes();
-    let tiles = t.div_ceil(tile_in).next_multiple_of(lanes);
+    let tiles = t.div_ceil(tile_in).next_multiple_of(lanes).max(1);
     let tile_in = t.div_ceil(tiles);
     let starts: Vec<usize> = (0..t).step_by(tile_in).collect();
     let out = eval_tiles(starts.len(), cancelled, |i| {
