@@ -34,7 +34,7 @@ fn odd_rational(x: &Array, x2: &Array, p: &[f32], q: &[f32]) -> Result<Array> {
 /// Cody-Waite) and Cephes's degree-5 polynomial for `exp(r)`; `2^n` is
 /// written straight into a float's exponent bits.
 pub fn exp(x: &Array) -> Result<Array> {
-    const P: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+    const P: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
     let x = ops::clip(x, (-87.0_f32, 88.0_f32))?;
     let n = ops::floor(&ops::add(&ops::multiply(&x, c(std::f32::consts::LOG2_E))?, c(0.5))?)?;
     let r = ops::subtract(&x, &ops::multiply(&n, c(0.693_359_4))?)?;

@@ -175,6 +175,16 @@ impl Conv1d {
         self.forward_with(x, (true, true), None)
     }
 
+    /// Output channels `[lo, hi)` only of a 1x1 convolution: `[T, C_in]` -> `[T, hi - lo]`.
+    pub fn forward_channels(&self, x: &Array, lo: i32, hi: i32) -> Result<Array> {
+        assert_eq!(self.kernel, 1, "forward_channels is for 1x1 convolutions");
+        let w = cols(&self.weight, lo, hi)?;
+        Ok(match &self.bias {
+            Some(b) => ops::addmm(&b.try_index(lo..hi)?, x, &w, None, None)?,
+            None => ops::matmul(x, &w)?,
+        })
+    }
+
     /// Rows lost on each side when the padding on a side is left out.
     pub fn shrink(&self, pad: (bool, bool)) -> (i32, i32) {
         (if pad.0 { 0 } else { self.pad.0 }, if pad.1 { 0 } else { self.pad.1 })

@@ -6,8 +6,9 @@
 //! `m_p`, `logs_p` `[L, C]` (C = inter channels, H = hidden channels).
 use mlx_rs::{ops, Array};
 
-use super::ops::{array, cols, relu, scale, Conv1d, LayerNorm, Result};
+use super::ops::{array, cols, eval_tiles, relu, rows, scale, Conv1d, LayerNorm, Result};
 use super::{math, VitsConfig};
+use crate::engine::cpu;
 use crate::engine::weights::Weights;
 
 /// Named outputs of the encoder.
@@ -59,7 +60,12 @@ impl TextEncoder {
         let idx: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         let idx = Array::from_slice(&idx, &[idx.len() as i32]);
         let mut x = scale(&self.emb.take_axis(&idx, 0)?, (self.hidden as f32).sqrt())?;
+        let lanes = cpu::lanes();
         for layer in &self.layers {
+            if lanes > 1 && ids.len() >= MIN_ROWS_FOR_LANES {
+                x = layer.forward_on_lanes(&x, lanes)?;
+                continue;
+            }
             let y = layer.attn.forward(&x)?;
             x = layer.norm_1.forward(&ops::add(&x, &y)?)?;
             let y = layer.ffn.forward(&x)?;
@@ -68,6 +74,37 @@ impl TextEncoder {
         let stats = self.proj.forward(&x)?; // [L, 2C]
         let c = self.inter as i32;
         Ok(Encoded { m_p: cols(&stats, 0, c)?, logs_p: cols(&stats, c, 2 * c)?, hidden: x })
+    }
+}
+
+/// Sequences shorter than this run on one lane (too little work to split).
+const MIN_ROWS_FOR_LANES: usize = 64;
+
+impl EncoderLayer {
+    /// The layer with its work spread over `lanes`: attention one head per
+    /// lane (heads are independent), then the output projection, norms and
+    /// feed-forward network on row ranges (row-local but for the FFN's
+    /// convolutions, which read their neighbours: each range computes a
+    /// margin of extra rows). Equal to the one-lane computation.
+    fn forward_on_lanes(&self, x: &Array, lanes: usize) -> Result<Array> {
+        let heads = self.attn.n_heads as usize;
+        let per_head = eval_tiles(heads, &|| false, |h| self.attn.head(x, h as i32))?; // each [L, d_k]
+        let attended = ops::concatenate(&per_head, 1)?; // [L, H]
+        let l = x.shape()[0] as usize;
+        let margin = self.ffn.radius();
+        let piece = l.div_ceil(lanes);
+        let parts = eval_tiles(l.div_ceil(piece), &|| false, |i| {
+            let (a, b) = (i * piece, ((i + 1) * piece).min(l));
+            let (lo, hi) = (a.saturating_sub(margin), (b + margin).min(l));
+            let y = self.attn.conv_o.forward(&rows(&attended, lo as i32, hi as i32)?)?;
+            let h = self.norm_1.forward(&ops::add(&rows(x, lo as i32, hi as i32)?, &y)?)?;
+            let (f, lost) = self.ffn.forward_span(&h, (lo == 0, hi == l))?;
+            let h = rows(&h, lost.0, h.shape()[0] - lost.1)?;
+            let out = self.norm_2.forward(&ops::add(&h, &f)?)?;
+            let first = lo + lost.0 as usize;
+            rows(&out, (a - first) as i32, (b - first) as i32)
+        })?;
+        Ok(ops::concatenate(&parts, 0)?)
     }
 }
 
@@ -112,30 +149,42 @@ impl MultiHeadAttention {
 
     fn forward(&self, x: &Array) -> Result<Array> {
         let l = x.shape()[0];
-        let w = self.window;
-        let q = scale(&self.heads(&self.conv_q.forward(x)?)?, 1.0 / (self.k_channels as f32).sqrt())?;
+        let q = self.heads(&self.conv_q.forward(x)?)?;
         let k = self.heads(&self.conv_k.forward(x)?)?;
         let v = self.heads(&self.conv_v.forward(x)?)?;
+        let out = self.attend(&q, &k, &v)?; // [h, L, d_k]
+        let out = out.transpose_axes(&[1, 0, 2])?.reshape(&[l, self.n_heads * self.k_channels])?;
+        self.conv_o.forward(&out)
+    }
+
+    /// Head `h` alone, before the output projection: `[L, H]` -> `[L, d_k]`.
+    fn head(&self, x: &Array, h: i32) -> Result<Array> {
+        let l = x.shape()[0];
+        let d = self.k_channels;
+        let one = |c: &Conv1d| -> Result<Array> { Ok(c.forward_channels(x, h * d, (h + 1) * d)?.reshape(&[1, l, d])?) };
+        let out = self.attend(&one(&self.conv_q)?, &one(&self.conv_k)?, &one(&self.conv_v)?)?;
+        Ok(out.reshape(&[l, d])?)
+    }
+
+    /// Attention of `q`, `k`, `v` `[heads, L, d_k]` -> `[heads, L, d_k]`.
+    fn attend(&self, q: &Array, k: &Array, v: &Array) -> Result<Array> {
+        let (n_heads, l) = (q.shape()[0], q.shape()[1]);
+        let w = self.window;
+        let q = scale(q, 1.0 / (self.k_channels as f32).sqrt())?;
 
         // Absolute scores plus relative-key logits: rel[h, i, j] = q_i . E_k[j - i] for |j - i| <= W.
         let mut scores = ops::matmul(&q, &k.transpose_axes(&[0, 2, 1])?)?; // [h, L, L]
         let q_rel = ops::matmul(&q, self.emb_rel_k.t())?; // [h, L, 2W+1]
         let (to_rel, rel_valid) = band_indices(l, |i, j| j - i + w, 2 * w + 1, l);
-        let local = q_rel.take_along_axis(&broadcast_heads(&to_rel, self.n_heads, l, l)?, -1)?;
+        let local = q_rel.take_along_axis(&broadcast_heads(&to_rel, n_heads, l, l)?, -1)?;
         scores = ops::add(&scores, &ops::multiply(&local, &rel_valid)?)?;
 
         let p = math::softmax(&scores)?; // [h, L, L]
-        let mut out = ops::matmul(&p, &v)?; // [h, L, d_k]
+        let out = ops::matmul(&p, v)?; // [h, L, d_k]
         // Relative values: weight of offset r for query i is p[h, i, i + r - W].
         let (to_abs, abs_valid) = band_indices(l, |i, r| i + r - w, l, 2 * w + 1);
-        let rel_w = ops::multiply(
-            &p.take_along_axis(&broadcast_heads(&to_abs, self.n_heads, l, 2 * w + 1)?, -1)?,
-            &abs_valid,
-        )?; // [h, L, 2W+1]
-        out = ops::add(&out, &ops::matmul(&rel_w, &self.emb_rel_v)?)?;
-
-        let out = out.transpose_axes(&[1, 0, 2])?.reshape(&[l, self.n_heads * self.k_channels])?;
-        self.conv_o.forward(&out)
+        let rel_w = ops::multiply(&p.take_along_axis(&broadcast_heads(&to_abs, n_heads, l, 2 * w + 1)?, -1)?, &abs_valid)?; // [h, L, 2W+1]
+        Ok(ops::add(&out, &ops::matmul(&rel_w, &self.emb_rel_v)?)?)
     }
 }
 
@@ -181,5 +230,18 @@ impl Ffn {
 
     fn forward(&self, x: &Array) -> Result<Array> {
         self.conv_2.forward(&relu(&self.conv_1.forward(x)?)?)
+    }
+
+    /// Rows of context on each side the two convolutions read.
+    fn radius(&self) -> usize {
+        self.conv_1.radius() + self.conv_2.radius()
+    }
+
+    /// [`Ffn::forward`] on a range of rows, zero-padded only at the
+    /// sequence's ends (`pad`); returns the rows lost on each side.
+    fn forward_span(&self, x: &Array, pad: (bool, bool)) -> Result<(Array, (i32, i32))> {
+        let (a, b) = (self.conv_1.shrink(pad), self.conv_2.shrink(pad));
+        let y = self.conv_2.forward_with(&relu(&self.conv_1.forward_with(x, pad, None)?)?, pad, None)?;
+        Ok((y, (a.0 + b.0, a.1 + b.1)))
     }
 }
