@@ -6,7 +6,9 @@
 //! (`[T, K*C_in] @ [K*C_in, C_out]`); a transposed convolution becomes one
 //! matmul followed by an overlap-add of `ceil(K / stride)` shifted blocks.
 //! Weights are converted from PyTorch's `[C_out, C_in, K]` layout here, once,
-//! at load time. Never evaluates anything: callers decide when to `eval`.
+//! at load time. Layers never evaluate: callers decide when to `eval`, except
+//! that [`eval_tiles`] (and [`map_tiles`] on it) evaluates independent pieces
+//! of work side by side on the engine's lanes.
 use std::cell::RefCell;
 
 use mlx_rs::ops::indexing::TryIndexOp;
