@@ -4,7 +4,7 @@
 //! then `conv_post` and tanh. Weight norm was folded at export.
 use mlx_rs::{ops, Array};
 
-use super::ops::{check, checkpoint, eval_tiles, leaky_relu, map_tiles, rows, scale, Cancelled, Conv1d, ConvTranspose1d, Result};
+use super::ops::{check, checkpoint, eval_tiles, leaky_relu, rows, Cancelled, Conv1d, ConvTranspose1d, Result};
 use super::{math, VitsConfig};
 use crate::engine::cpu;
 use crate::engine::weights::Weights;
@@ -39,66 +39,125 @@ impl ResBlock {
         self.pairs.iter().map(|(a, b)| a.radius() + b.as_ref().map_or(0, |b| b.radius())).sum()
     }
 
-    /// `x` `[T, C]` -> the block's output, zero-padded only on the sides
-    /// `pad` says (the sequence's ends); on the other sides every conv is
-    /// "valid", so the output is `[T - lost.0 - lost.1, C]` with `lost` returned.
-    fn forward(&self, x: &Array, pad: (bool, bool)) -> Result<(Array, (i32, i32))> {
-        let mut x = x.clone();
-        let mut lost = (0, 0);
-        for (c1, c2) in &self.pairs {
-            let t = x.shape()[0];
-            // Type 1: x += c2(lrelu(c1(lrelu(x)))); type 2: x += c1(lrelu(x)).
-            let (h, last, mut cut) = match c2 {
-                Some(c2) => (leaky_relu(&c1.forward_with(&leaky_relu(&x, LRELU_SLOPE)?, pad, None)?, LRELU_SLOPE)?, c2, c1.shrink(pad)),
-                None => (leaky_relu(&x, LRELU_SLOPE)?, c1, (0, 0)),
+    /// Rows of its input the block loses on each side when its convolutions
+    /// are "valid" on the sides `pad` leaves unpadded.
+    fn lost(&self, pad: (bool, bool)) -> (i32, i32) {
+        self.pairs.iter().fold((0, 0), |acc, (a, b)| {
+            let (l1, r1) = a.shrink(pad);
+            let (l2, r2) = b.as_ref().map_or((0, 0), |b| b.shrink(pad));
+            (acc.0 + l1 + l2, acc.1 + r1 + r2)
+        })
+    }
+
+    /// The bias of the block's last convolution.
+    fn last_bias(&self) -> Option<&Array> {
+        let (a, b) = self.pairs.last()?;
+        b.as_ref().unwrap_or(a).bias()
+    }
+
+    /// The block over `x` `[T, C]` (whose leaky ReLU `lx` a stage's blocks
+    /// share), for rows `[keep.0, T - keep.1)` of `x` only, where `keep` is
+    /// at least [`ResBlock::lost`]. Type 1 runs `x += c2(lrelu(c1(lrelu(x))))`
+    /// per pair, type 2 `x += c1(lrelu(x))`. The last step adds its
+    /// convolution, without its bias, to `seed(x)` instead of to `x`: the
+    /// caller folds the bias and the other blocks' sum into the seed.
+    fn forward_into(
+        &self,
+        x: &Array,
+        lx: &Array,
+        pad: (bool, bool),
+        keep: (i32, i32),
+        seed: impl FnOnce(&Array) -> Result<Array>,
+    ) -> Result<Array> {
+        let mut seed = Some(seed);
+        let mut cur = x.clone();
+        let mut cur_lost = (0, 0); // rows of `x` that `cur` lacks on each side
+        let steps = self.pairs.len();
+        for (i, (c1, c2)) in self.pairs.iter().enumerate() {
+            let act = if i == 0 { lx.clone() } else { leaky_relu(&cur, LRELU_SLOPE)? };
+            let (h, last, h_lost) = match c2 {
+                Some(c2) => {
+                    let (l, r) = c1.shrink(pad);
+                    (leaky_relu(&c1.forward_with(&act, pad, None)?, LRELU_SLOPE)?, c2, (cur_lost.0 + l, cur_lost.1 + r))
+                }
+                None => (act, c1, cur_lost),
             };
             let (l, r) = last.shrink(pad);
-            cut = (cut.0 + l, cut.1 + r);
-            x = last.forward_with(&h, pad, Some(&rows(&x, cut.0, t - cut.1)?))?;
-            checkpoint(&x);
-            lost = (lost.0 + cut.0, lost.1 + cut.1);
+            let out_lost = if i + 1 == steps { keep } else { (h_lost.0 + l, h_lost.1 + r) };
+            // Output rows [out_lost.0, T - out_lost.1) read `h` rows
+            // [out_lost.0 - l, T - out_lost.1 + r) and add `cur`'s same rows.
+            let h = crop(&h, out_lost.0 - l - h_lost.0, out_lost.1 - r - h_lost.1)?;
+            let res = crop(&cur, out_lost.0 - cur_lost.0, out_lost.1 - cur_lost.1)?;
+            cur = match if i + 1 == steps { seed.take() } else { None } {
+                Some(seed) => last.forward_into(&h, pad, &seed(&res)?)?,
+                None => last.forward_with(&h, pad, Some(&res))?,
+            };
+            checkpoint(&cur);
+            cur_lost = out_lost;
         }
-        Ok((x, lost))
+        Ok(cur)
     }
 }
 
-/// The mean of a stage's multi-receptive-field blocks over `x`, padded at
+/// `x` without its first `lo` and last `hi` rows.
+fn crop(x: &Array, lo: i32, hi: i32) -> Result<Array> {
+    if lo == 0 && hi == 0 {
+        return Ok(x.clone());
+    }
+    rows(x, lo, x.shape()[0] - hi)
+}
+
+/// The sum of a stage's multi-receptive-field blocks over `x`, padded at
 /// the sides `pad` says; returns the rows lost on each side (the most any
-/// block lost: the others are cropped to match).
-fn mrf(blocks: &[ResBlock], x: &Array, pad: (bool, bool)) -> Result<(Array, (i32, i32))> {
-    let outs = blocks.iter().map(|b| b.forward(x, pad)).collect::<Result<Vec<_>>>()?;
-    let lost = outs.iter().fold((0, 0), |acc, (_, l)| (acc.0.max(l.0), acc.1.max(l.1)));
-    let t = x.shape()[0];
-    let mut sum: Option<Array> = None;
-    for (y, l) in &outs {
-        let y = rows(y, lost.0 - l.0, t - l.0 - l.1 - (lost.1 - l.1))?;
-        sum = Some(match sum {
-            Some(acc) => ops::add(&acc, &y)?,
-            None => y,
-        });
+/// block loses: all are computed over the same rows). Piper takes the
+/// blocks' mean: the `1 / count` is folded into the next layer's weights
+/// (leaky ReLU commutes with a positive scale), and the sum is accumulated
+/// through the GEMMs' seeds: each block's last convolution adds onto the
+/// blocks before it, and the first onto `bias_sum`, the sum of the blocks'
+/// last biases. No separate pass adds, scales or biases the outputs.
+fn mrf_sum(blocks: &[ResBlock], bias_sum: Option<&Array>, x: &Array, pad: (bool, bool)) -> Result<(Array, (i32, i32))> {
+    let keep = blocks.iter().map(|b| b.lost(pad)).fold((0, 0), |a, l| (a.0.max(l.0), a.1.max(l.1)));
+    let lx = leaky_relu(x, LRELU_SLOPE)?; // every block's first layer reads it
+    let mut acc: Option<Array> = None;
+    for b in blocks {
+        let before = acc.take();
+        let seed = |x_last: &Array| -> Result<Array> {
+            Ok(match (&before, bias_sum) {
+                (Some(sum), _) => ops::add(x_last, sum)?,
+                (None, Some(bias)) => ops::add(x_last, bias)?,
+                (None, None) => x_last.clone(),
+            })
+        };
+        acc = Some(b.forward_into(x, &lx, pad, keep, seed)?);
     }
-    Ok((scale(&sum.expect("at least one resblock"), 1.0 / blocks.len() as f32)?, lost))
+    Ok((acc.expect("at least one resblock"), keep))
 }
 
-/// One upsampling stage, `leaky_relu -> ConvTranspose -> MRF`, run in tiles
+/// One upsampling stage, `leaky_relu -> ConvTranspose -> MRF` (and for the
+/// last stage `post`: `leaky_relu(0.01) -> conv_post -> tanh`), run in tiles
 /// of input rows so that the upsampled activations are produced and consumed
 /// in cache-sized pieces (several times faster than whole-array passes on
 /// CPU). Each tile reads enough neighbouring rows that the kept samples are
 /// exactly those of the whole-array computation; at the sequence's ends it
 /// crops the transposed conv's padding before the blocks, as the whole does.
-fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Array, cancelled: Cancelled) -> Result<Array> {
+fn stage(
+    up: &ConvTranspose1d,
+    blocks: &[ResBlock],
+    bias_sum: Option<&Array>,
+    post: Option<&Conv1d>,
+    x: &Array,
+    cancelled: Cancelled,
+) -> Result<Array> {
     let t = x.shape()[0] as usize;
     let (s, p, m) = (up.stride(), up.pad(), up.blocks());
     let out_len = up.out_len(t);
-    let halo_out = blocks.iter().map(ResBlock::radius).max().unwrap_or(0);
+    let halo_out = blocks.iter().map(ResBlock::radius).max().unwrap_or(0) + post.map_or(0, Conv1d::radius);
     let tile_in = (TILE_ELEMENTS / up.c_out / s).max(8);
     let halo_in = (halo_out + p).div_ceil(s) + m + 1;
-    if t <= tile_in + 2 * halo_in && cpu::lanes() == 1 {
-        return Ok(mrf(blocks, &up.forward(&leaky_relu(x, LRELU_SLOPE)?)?, (true, true))?.0);
-    }
-    // As many tiles as lanes at least, a multiple of them, evenly sized.
+    // As many tiles as lanes at least, a multiple of them, evenly sized;
+    // one when a single lane can take the whole in about one tile.
     let lanes = cpu::lanes();
-    let tiles = t.div_ceil(tile_in).next_multiple_of(lanes).max(1);
+    let tiles = if lanes == 1 && t <= tile_in + 2 * halo_in { 1 } else { t.div_ceil(tile_in).next_multiple_of(lanes).max(1) };
     let tile_in = t.div_ceil(tiles);
     let starts: Vec<usize> = (0..t).step_by(tile_in).collect();
     let out = eval_tiles(starts.len(), cancelled, |i| {
@@ -114,8 +173,13 @@ fn stage(up: &ConvTranspose1d, blocks: &[ResBlock], x: &Array, cancelled: Cancel
         let seq = rows(&full, (c_lo - first) as i32, (c_hi - first) as i32)?;
         // Zero padding at the sequence's ends only; inside, the convs are
         // valid and the halo absorbs the rows they lose.
-        let (y, lost) = mrf(blocks, &seq, (c_lo == 0, c_hi == out_len as isize))?;
-        let y_lo = c_lo + lost.0 as isize;
+        let pad = (c_lo == 0, c_hi == out_len as isize);
+        let (mut y, lost) = mrf_sum(blocks, bias_sum, &seq, pad)?;
+        let mut y_lo = c_lo + lost.0 as isize;
+        if let Some(post) = post {
+            y = math::tanh(&post.forward_with(&leaky_relu(&y, 0.01)?, pad, None)?)?;
+            y_lo += post.shrink(pad).0 as isize;
+        }
         let keep_lo = if start == 0 { 0 } else { start * s } as isize;
         let keep_hi = if end == t { out_len } else { end * s } as isize;
         rows(&y, (keep_lo - y_lo) as i32, (keep_hi - y_lo) as i32)
@@ -128,22 +192,44 @@ pub struct Decoder {
     cond: Option<Conv1d>,
     ups: Vec<ConvTranspose1d>,
     resblocks: Vec<Vec<ResBlock>>, // per stage
+    /// Per stage, the sum of its blocks' last biases (see [`mrf_sum`]).
+    bias_sums: Vec<Option<Array>>,
     conv_post: Conv1d,
 }
 
 impl Decoder {
     pub fn load(ws: &mut Weights, cfg: &VitsConfig) -> Result<Self> {
-        let ups = (0..cfg.upsample_rates.len()).map(|i| ConvTranspose1d::load(ws, &format!("dec.ups.{i}"))).collect::<Result<Vec<_>>>()?;
+        let mut ups = (0..cfg.upsample_rates.len()).map(|i| ConvTranspose1d::load(ws, &format!("dec.ups.{i}"))).collect::<Result<Vec<_>>>()?;
         let nk = cfg.resblocks_per_stage;
         let resblocks = (0..ups.len())
             .map(|i| (0..nk).map(|j| ResBlock::load(ws, &format!("dec.resblocks.{}", i * nk + j))).collect::<Result<Vec<_>>>())
             .collect::<Result<Vec<_>>>()?;
+        let bias_sums = resblocks
+            .iter()
+            .map(|blocks| {
+                blocks.iter().filter_map(ResBlock::last_bias).try_fold(None::<Array>, |sum, b| {
+                    Ok::<_, mlx_rs::error::Exception>(Some(match sum {
+                        Some(sum) => ops::add(&sum, b)?,
+                        None => b.clone(),
+                    }))
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        // Each stage hands on the sum of its blocks, not their mean: the
+        // layer after it takes the 1/count.
+        let mut conv_post = Conv1d::load(ws, "dec.conv_post")?;
+        let mean = 1.0 / nk as f32;
+        for up in ups.iter_mut().skip(1) {
+            up.scale_input(mean)?;
+        }
+        conv_post.scale_input(mean)?;
         Ok(Self {
             conv_pre: Conv1d::load(ws, "dec.conv_pre")?,
             cond: if ws.contains("dec.cond.weight") { Some(Conv1d::load(ws, "dec.cond")?) } else { None },
             ups,
             resblocks,
-            conv_post: Conv1d::load(ws, "dec.conv_post")?,
+            bias_sums,
+            conv_post,
         })
     }
 
@@ -178,12 +264,12 @@ impl Decoder {
         if let (Some(cond), Some(g)) = (&self.cond, g) {
             x = ops::add(&x, &cond.forward(g)?)?;
         }
-        for (up, blocks) in self.ups.iter().zip(&self.resblocks) {
-            x = stage(up, blocks, &x, cancelled)?;
+        let stages = self.ups.len();
+        for (i, (up, blocks)) in self.ups.iter().zip(&self.resblocks).enumerate() {
+            let post = (i + 1 == stages).then_some(&self.conv_post);
+            x = stage(up, blocks, self.bias_sums[i].as_ref(), post, &x, cancelled)?;
             check(cancelled)?;
         }
-        let tile = (TILE_ELEMENTS / self.conv_post.c_in).max(256);
-        let x = map_tiles(&x, tile, self.conv_post.radius(), |x| math::tanh(&self.conv_post.forward(&leaky_relu(x, 0.01)?)?))?;
         Ok(x.reshape(&[-1])?)
     }
 }

@@ -203,9 +203,6 @@ impl Conv1d {
     /// materialising the im2col matrix costs more memory traffic there than
     /// the GEMMs themselves. Short ones use im2col.
     pub fn forward_with(&self, x: &Array, pad: (bool, bool), residual: Option<&Array>) -> Result<Array> {
-        let (l, r) = self.shrink(pad);
-        let xp = pad_time(x, self.pad.0 - l, self.pad.1 - r)?;
-        let t_out = xp.shape()[0] - self.dilation * (self.kernel - 1);
         // What the products are added to: residual and/or bias.
         let init = match (residual, &self.bias) {
             (Some(res), Some(b)) => Some(ops::add(res, b)?),
@@ -213,6 +210,37 @@ impl Conv1d {
             (None, Some(b)) => Some(b.clone()),
             (None, None) => None,
         };
+        self.products(x, pad, init)
+    }
+
+    /// `seed + conv(x)` without the bias: the caller has put the bias (or
+    /// a sum of biases) into `seed`, which has the output's shape. Padding
+    /// as in [`Conv1d::forward_with`].
+    pub fn forward_into(&self, x: &Array, pad: (bool, bool), seed: &Array) -> Result<Array> {
+        self.products(x, pad, Some(seed.clone()))
+    }
+
+    pub fn bias(&self) -> Option<&Array> {
+        self.bias.as_ref()
+    }
+
+    /// Multiplies the weights (not the bias) by `k`: a scale on the input
+    /// folded into the layer.
+    pub fn scale_input(&mut self, k: f32) -> Result<()> {
+        self.weight = scale(&self.weight, k)?;
+        self.weight.eval()?;
+        for w in &mut self.taps {
+            *w = scale(w, k)?;
+            w.eval()?;
+        }
+        Ok(())
+    }
+
+    /// `init + conv(x)` without the bias, `init` broadcast to the output.
+    fn products(&self, x: &Array, pad: (bool, bool), init: Option<Array>) -> Result<Array> {
+        let (l, r) = self.shrink(pad);
+        let xp = pad_time(x, self.pad.0 - l, self.pad.1 - r)?;
+        let t_out = xp.shape()[0] - self.dilation * (self.kernel - 1);
         let product = |acc: Option<&Array>, a: &Array, w: &Array| -> Result<Array> {
             Ok(match acc {
                 Some(c) => ops::addmm(c, a, w, None, None)?,
@@ -290,11 +318,15 @@ impl DepthwiseConv1d {
     }
 }
 
-/// A transposed convolution (upsampling by `stride`), as one matmul plus an
-/// overlap-add. Weight `[C_in, C_out, K]` is zero-padded to `K' = m * stride`
-/// taps and stored as `[C_in, m*stride*C_out]`.
+/// A transposed convolution (upsampling by `stride`), as `m = ceil(K / stride)`
+/// accumulated matmuls, one per block of `stride` taps, on shifted rows of
+/// the input (the overlap-add happens in the GEMMs' accumulator, with no
+/// separate pass over the upsampled output). Weight `[C_in, C_out, K]` is
+/// zero-padded to `m * stride` taps and stored per block.
 pub struct ConvTranspose1d {
-    weight: Array,
+    /// Per block `i`: `[C_in, stride*C_out]`, the taps `i*stride..(i+1)*stride`.
+    blocks_w: Vec<Array>,
+    /// The bias repeated for each of the `stride` phases: `[stride*C_out]`.
     bias: Option<Array>,
     stride: i32,
     kernel: i32,
@@ -327,10 +359,18 @@ impl ConvTranspose1d {
             }
             data = padded;
         }
-        let weight = Array::from_slice(&data, &[c_in as i32, (m * s * c_out) as i32]);
+        // Block i of row ci is data[ci][i*s*C_out..(i+1)*s*C_out].
+        let width = s * c_out;
+        let blocks_w = (0..m)
+            .map(|i| {
+                let block: Vec<f32> = (0..c_in).flat_map(|ci| &data[(ci * m + i) * width..(ci * m + i + 1) * width]).copied().collect();
+                Array::from_slice(&block, &[c_in as i32, width as i32])
+            })
+            .collect();
+        let bias = take_bias(ws, prefix, c_out)?.map(|b| ops::tile(&b, &[s as i32])).transpose()?;
         Ok(Self {
-            weight,
-            bias: take_bias(ws, prefix, c_out)?,
+            blocks_w,
+            bias,
             stride: s as i32,
             kernel: k as i32,
             blocks: m as i32,
@@ -369,22 +409,31 @@ impl ConvTranspose1d {
     pub fn forward_full(&self, x: &Array) -> Result<Array> {
         let t = x.shape()[0];
         let (s, m, c) = (self.stride, self.blocks, self.c_out as i32);
-        // y[t, i, r, :] is what input frame t adds at output t*s + i*s + r.
-        let y = ops::matmul(x, &self.weight)?.reshape(&[t, m, s * c])?;
-        let mut full: Option<Array> = None;
-        for i in 0..m {
-            let block = y.try_index((.., i, ..))?; // [T, s*C]
-            let shifted = pad_time(&block, i, m - 1 - i)?; // [T+m-1, s*C]
-            full = Some(match full {
-                Some(acc) => ops::add(&acc, &shifted)?,
-                None => shifted,
+        // Output block j (samples j*s..(j+1)*s) is the sum over i of
+        // x[j - i] @ W_i; with m-1 zero rows on each side of x that is
+        // xp[j + m-1 - i] @ W_i for j in 0..T+m-1.
+        let xp = pad_time(x, m - 1, m - 1)?;
+        let n = t + m - 1;
+        let mut acc = self.bias.clone();
+        for (i, w) in self.blocks_w.iter().enumerate() {
+            let start = m - 1 - i as i32;
+            let a = rows(&xp, start, start + n)?;
+            acc = Some(match acc {
+                Some(c) => ops::addmm(&c, &a, w, None, None)?,
+                None => ops::matmul(&a, w)?,
             });
         }
-        let full = full.expect("at least one block").reshape(&[(t + m - 1) * s, c])?;
-        Ok(match &self.bias {
-            Some(b) => ops::add(&full, b)?,
-            None => full,
-        })
+        Ok(acc.expect("at least one block").reshape(&[n * s, c])?) // [T+m-1, s*C] -> [(T+m-1)*s, C]
+    }
+
+    /// Multiplies the weights (not the bias) by `k`: a scale on the input
+    /// folded into the layer (see the decoder's residual-block sum).
+    pub fn scale_input(&mut self, k: f32) -> Result<()> {
+        for w in &mut self.blocks_w {
+            *w = scale(w, k)?;
+            w.eval()?;
+        }
+        Ok(())
     }
 }
 
@@ -586,12 +635,13 @@ mod tests {
             let (t, c_in, c_out) = (9, 3, 2);
             let w = tensor(&[c_in, c_out, k], |i| ((i * 29 % 13) as f32 - 6.0) / 9.0);
             let x: Vec<f32> = (0..t * c_in).map(|i| ((i * 7 % 5) as f32 - 2.0) / 3.0).collect();
-            let mut ws = Weights::from_tensors([("u.weight".into(), w.clone())]);
+            let b = tensor(&[c_out], |i| 0.25 - i as f32 * 0.5);
+            let mut ws = Weights::from_tensors([("u.weight".into(), w.clone()), ("u.bias".into(), b.clone())]);
             ws.set_conv_attrs("u", ConvAttrs { dilation: 1, pads: (pad, pad), stride: s, group: 1 });
             let up = ConvTranspose1d::load(&mut ws, "u").unwrap();
             let y = to_vec(&up.forward(&Array::from_slice(&x, &[t as i32, c_in as i32])).unwrap()).unwrap();
             let len = (t - 1) * s + k - 2 * pad;
-            let mut want = vec![0.0f32; len * c_out];
+            let mut want: Vec<f32> = (0..len * c_out).map(|i| b.data[i % c_out]).collect();
             for ti in 0..t {
                 for j in 0..k {
                     let o = (ti * s + j) as isize - pad as isize;
