@@ -19,15 +19,32 @@ pub struct Wn {
 
 impl Wn {
     pub fn load(ws: &mut Weights, p: &str, n_layers: usize) -> Result<Self> {
-        let in_layers = (0..n_layers).map(|i| Conv1d::load(ws, &format!("{p}.in_layers.{i}"))).collect::<Result<Vec<_>>>()?;
-        let res_skip_layers =
+        let mut in_layers = (0..n_layers).map(|i| Conv1d::load(ws, &format!("{p}.in_layers.{i}"))).collect::<Result<Vec<_>>>()?;
+        let mut res_skip_layers =
             (0..n_layers).map(|i| Conv1d::load(ws, &format!("{p}.res_skip_layers.{i}"))).collect::<Result<Vec<_>>>()?;
-        let cond_layer = if ws.contains(&format!("{p}.cond_layer.weight")) {
+        let mut cond_layer = if ws.contains(&format!("{p}.cond_layer.weight")) {
             Some(Conv1d::load(ws, &format!("{p}.cond_layer"))?)
         } else {
             None
         };
         let hidden = in_layers[0].c_out as i32 / 2;
+        // The gate tanh(a) * sigmoid(b) is computed as tanh(a) * (1 + tanh(b / 2)) / 2
+        // with one tanh over [a | b/2]: the in-layers (and the conditioning)
+        // emit b/2, the res/skip layers take the final 1/2.
+        let halve_b = |c: &mut Conv1d, layers: usize| -> Result<()> {
+            let h = hidden as usize;
+            let k: Vec<f32> = (0..2 * h * layers).map(|j| if j % (2 * h) < h { 1.0 } else { 0.5 }).collect();
+            c.scale_output(&Array::from_slice(&k, &[k.len() as i32]))
+        };
+        for c in &mut in_layers {
+            halve_b(c, 1)?;
+        }
+        if let Some(c) = &mut cond_layer {
+            halve_b(c, n_layers)?;
+        }
+        for c in &mut res_skip_layers {
+            c.scale_input(0.5)?;
+        }
         Ok(Self { in_layers, res_skip_layers, cond_layer, hidden })
     }
 
@@ -45,7 +62,9 @@ impl Wn {
             if let Some(g) = &g {
                 x_in = ops::add(&x_in, &cols(g, 2 * h * i as i32, 2 * h * (i as i32 + 1))?)?;
             }
-            let acts = ops::multiply(&math::tanh(&cols(&x_in, 0, h)?)?, &math::sigmoid(&cols(&x_in, h, 2 * h)?)?)?;
+            // [tanh(a) | tanh(b/2)] -> 2 tanh(a) sigmoid(b) (see `load`).
+            let t = math::tanh(&x_in)?;
+            let acts = ops::multiply(&cols(&t, 0, h)?, &ops::add(&cols(&t, h, 2 * h)?, Array::from_f32(1.0))?)?;
             let res_skip = rs.forward(&acts)?;
             let skip = if i + 1 < n {
                 x = ops::add(&x, &cols(&res_skip, 0, h)?)?;

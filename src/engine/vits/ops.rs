@@ -236,6 +236,22 @@ impl Conv1d {
         Ok(())
     }
 
+    /// Multiplies output channel `c` (weights and bias) by `k[c]`, `k` `[C_out]`:
+    /// a per-channel scale on the output folded into the layer.
+    pub fn scale_output(&mut self, k: &Array) -> Result<()> {
+        self.weight = ops::multiply(&self.weight, k)?;
+        self.weight.eval()?;
+        for w in &mut self.taps {
+            *w = ops::multiply(&*w, k)?;
+            w.eval()?;
+        }
+        if let Some(b) = &mut self.bias {
+            *b = ops::multiply(&*b, k)?;
+            b.eval()?;
+        }
+        Ok(())
+    }
+
     /// `init + conv(x)` without the bias, `init` broadcast to the output.
     fn products(&self, x: &Array, pad: (bool, bool), init: Option<Array>) -> Result<Array> {
         let (l, r) = self.shrink(pad);
