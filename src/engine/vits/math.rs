@@ -8,9 +8,22 @@
 //! multiply and divide are vectorised (0.1-0.4 ns). The flow's gates alone
 //! are millions of `tanh`/`sigmoid` per sentence. The polynomials are the
 //! minimax fits Eigen uses for its float `tanh` and `erf`. Never evaluates.
+//!
+//! Each polynomial is some twenty MLX operations, and an operation costs a
+//! few microseconds to build and dispatch whatever its size: below
+//! [`SCALAR_BELOW`] elements (short sentences, the duration predictor) MLX's
+//! own one-element-at-a-time functions are cheaper, and are used.
 use mlx_rs::{ops, Array};
 
 use super::ops::Result;
+
+/// Arrays smaller than this use MLX's scalar functions (measured crossover
+/// here: about 4k elements for `erf`, 6k for `tanh`, 8k for `exp`).
+pub const SCALAR_BELOW: usize = 6144;
+
+fn small(x: &Array) -> bool {
+    x.size() < SCALAR_BELOW
+}
 
 fn c(v: f32) -> Array {
     Array::from_f32(v)
@@ -35,6 +48,9 @@ fn odd_rational(x: &Array, x2: &Array, p: &[f32], q: &[f32]) -> Result<Array> {
 /// written straight into a float's exponent bits.
 pub fn exp(x: &Array) -> Result<Array> {
     const P: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+    if small(x) {
+        return Ok(ops::exp(x)?);
+    }
     let x = ops::clip(x, (-87.0_f32, 88.0_f32))?;
     let n = ops::floor(&ops::add(&ops::multiply(&x, c(std::f32::consts::LOG2_E))?, c(0.5))?)?;
     let r = ops::subtract(&x, &ops::multiply(&n, c(0.693_359_4))?)?;
@@ -51,6 +67,9 @@ pub fn exp(x: &Array) -> Result<Array> {
 
 /// Softmax over the last axis, with [`exp`].
 pub fn softmax(x: &Array) -> Result<Array> {
+    if small(x) {
+        return Ok(ops::softmax_axis(x, -1, None)?);
+    }
     let shifted = ops::subtract(x, &ops::max_axis(x, -1, true)?)?;
     let e = exp(&shifted)?;
     Ok(ops::divide(&e, &ops::sum_axis(&e, -1, true)?)?)
@@ -61,6 +80,9 @@ pub fn tanh(x: &Array) -> Result<Array> {
     const P: [f32; 7] =
         [4.893_524_6e-3, 6.372_619_3e-4, 1.485_722_4e-5, 5.122_297e-8, -8.604_672e-11, 2.000_188e-13, -2.760_768_5e-16];
     const Q: [f32; 4] = [4.893_525e-3, 2.268_434_6e-3, 1.185_347_1e-4, 1.198_258_4e-6];
+    if small(x) {
+        return Ok(ops::tanh(x)?);
+    }
     let x = ops::clip(x, (-7.905_311_f32, 7.905_311_f32))?;
     let x2 = ops::multiply(&x, &x)?;
     odd_rational(&x, &x2, &P, &Q)
@@ -68,6 +90,9 @@ pub fn tanh(x: &Array) -> Result<Array> {
 
 /// `sigmoid(x) = (1 + tanh(x / 2)) / 2`.
 pub fn sigmoid(x: &Array) -> Result<Array> {
+    if small(x) {
+        return Ok(ops::sigmoid(x)?);
+    }
     let t = tanh(&ops::multiply(x, c(0.5))?)?;
     Ok(ops::add(&ops::multiply(&t, c(0.5))?, c(0.5))?)
 }
@@ -84,6 +109,9 @@ pub fn erf(x: &Array) -> Result<Array> {
         -2.726_142_3e-10,
     ];
     const Q: [f32; 5] = [-1.426_473_9e-2, -7.373_329_2e-3, -1.682_827e-3, -2.133_740_6e-4, -1.456_607_2e-5];
+    if small(x) {
+        return Ok(ops::erf(x)?);
+    }
     let x = ops::clip(x, (-4.0_f32, 4.0_f32))?;
     let x2 = ops::multiply(&x, &x)?;
     odd_rational(&x, &x2, &P, &Q)
@@ -158,5 +186,21 @@ mod tests {
         assert!(et < 1e-6, "tanh max error {et}");
         assert!(es < 1e-6, "sigmoid max error {es}");
         assert!(ee < 2e-6, "erf max error {ee}");
+    }
+
+    #[test]
+    fn small_arrays_take_mlx_functions_and_agree() {
+        let _lock = crate::mlx_test_lock();
+        let (xs, a) = grid();
+        assert!(xs.len() >= SCALAR_BELOW, "the grid must exercise the polynomials");
+        let few: Vec<f32> = xs.iter().step_by(xs.len() / 1000).cloned().collect();
+        let b = Array::from_slice(&few, &[few.len() as i32]);
+        let pick = |big: &Array| -> Vec<f32> { big.as_slice::<f32>().iter().step_by(xs.len() / 1000).cloned().collect() };
+        for (name, f) in [("tanh", tanh as fn(&Array) -> Result<Array>), ("sigmoid", sigmoid), ("erf", erf)] {
+            let (big, small) = (f(&a).unwrap(), f(&b).unwrap());
+            mlx_rs::transforms::eval([&big, &small]).unwrap();
+            let d = pick(&big).iter().zip(small.as_slice::<f32>()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(d < 2e-6, "{name}: polynomial and MLX differ by {d}");
+        }
     }
 }
