@@ -4,7 +4,7 @@
 //! then `conv_post` and tanh. Weight norm was folded at export.
 use mlx_rs::{ops, Array};
 
-use super::ops::{check, checkpoint, eval_tiles, leaky_relu, rows, Cancelled, Conv1d, ConvTranspose1d, Result};
+use super::ops::{check, checkpoint, leaky_relu, queue_tiles, rows, Cancelled, Conv1d, ConvTranspose1d, Result};
 use super::{math, VitsConfig};
 use crate::engine::cpu;
 use crate::engine::weights::Weights;
@@ -133,6 +133,46 @@ fn mrf_sum(blocks: &[ResBlock], bias_sum: Option<&Array>, x: &Array, pad: (bool,
     Ok((acc.expect("at least one resblock"), keep))
 }
 
+/// A sequence `[T, C]` held as consecutive blocks of rows (a stage's tiles,
+/// possibly still being computed on the lanes), read by row range: the next
+/// stage's tiles join just the rows they need, and no step joins the whole.
+struct Blocks {
+    parts: Vec<Array>,
+    /// `starts[i]`: the first row of `parts[i]`; the last entry is `T`.
+    starts: Vec<usize>,
+}
+
+impl Blocks {
+    fn new(parts: Vec<Array>) -> Self {
+        let mut starts = vec![0];
+        for p in &parts {
+            starts.push(starts.last().copied().unwrap_or(0) + p.shape()[0] as usize);
+        }
+        Self { parts, starts }
+    }
+
+    fn len(&self) -> usize {
+        self.starts.last().copied().unwrap_or(0)
+    }
+
+    /// Rows `[lo, hi)`.
+    fn rows(&self, lo: usize, hi: usize) -> Result<Array> {
+        let mut pieces = Vec::new();
+        for (part, w) in self.parts.iter().zip(self.starts.windows(2)) {
+            let (a, b) = (w[0], w[1]);
+            if b <= lo || a >= hi {
+                continue;
+            }
+            let (s, e) = (lo.max(a) - a, hi.min(b) - a);
+            pieces.push(if (s, e) == (0, b - a) { part.clone() } else { rows(part, s as i32, e as i32)? });
+        }
+        Ok(match pieces.len() {
+            1 => pieces.pop().expect("one piece"),
+            _ => ops::concatenate(&pieces, 0)?,
+        })
+    }
+}
+
 /// One upsampling stage, `leaky_relu -> ConvTranspose -> MRF` (and for the
 /// last stage `post`: `leaky_relu(0.01) -> conv_post -> tanh`), run in tiles
 /// of input rows so that the upsampled activations are produced and consumed
@@ -140,15 +180,17 @@ fn mrf_sum(blocks: &[ResBlock], bias_sum: Option<&Array>, x: &Array, pad: (bool,
 /// CPU). Each tile reads enough neighbouring rows that the kept samples are
 /// exactly those of the whole-array computation; at the sequence's ends it
 /// crops the transposed conv's padding before the blocks, as the whole does.
+/// The tiles are queued, not waited for: the next stage queues its first
+/// tiles while the lanes finish this one's last.
 fn stage(
     up: &ConvTranspose1d,
     blocks: &[ResBlock],
     bias_sum: Option<&Array>,
     post: Option<&Conv1d>,
-    x: &Array,
+    x: &Blocks,
     cancelled: Cancelled,
-) -> Result<Array> {
-    let t = x.shape()[0] as usize;
+) -> Result<Blocks> {
+    let t = x.len();
     let (s, p, m) = (up.stride(), up.pad(), up.blocks());
     let out_len = up.out_len(t);
     let halo_out = blocks.iter().map(ResBlock::radius).max().unwrap_or(0) + post.map_or(0, Conv1d::radius);
@@ -160,11 +202,11 @@ fn stage(
     let tiles = if lanes == 1 && t <= tile_in + 2 * halo_in { 1 } else { t.div_ceil(tile_in).next_multiple_of(lanes).max(1) };
     let tile_in = t.div_ceil(tiles);
     let starts: Vec<usize> = (0..t).step_by(tile_in).collect();
-    let out = eval_tiles(starts.len(), cancelled, |i| {
+    let out = queue_tiles(starts.len(), cancelled, |i| {
         let start = starts[i];
         let end = (start + tile_in).min(t);
         let (lo, hi) = (start.saturating_sub(halo_in), (end + halo_in).min(t));
-        let full = up.forward_full(&leaky_relu(&rows(x, lo as i32, hi as i32)?, LRELU_SLOPE)?)?;
+        let full = up.forward_full(&leaky_relu(&x.rows(lo, hi)?, LRELU_SLOPE)?)?;
         checkpoint(&full);
         // `full` row i is output sample lo*s - p + i; crop to [0, out_len).
         let first = (lo * s) as isize - p as isize;
@@ -184,7 +226,7 @@ fn stage(
         let keep_hi = if end == t { out_len } else { end * s } as isize;
         rows(&y, (keep_lo - y_lo) as i32, (keep_hi - y_lo) as i32)
     })?;
-    Ok(ops::concatenate(&out, 0)?)
+    Ok(Blocks::new(out))
 }
 
 pub struct Decoder {
@@ -215,6 +257,7 @@ impl Decoder {
                 })
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        mlx_rs::transforms::eval(bias_sums.iter().flatten())?;
         // Each stage hands on the sum of its blocks, not their mean: the
         // layer after it takes the 1/count.
         let mut conv_post = Conv1d::load(ws, "dec.conv_post")?;
@@ -264,12 +307,13 @@ impl Decoder {
         if let (Some(cond), Some(g)) = (&self.cond, g) {
             x = ops::add(&x, &cond.forward(g)?)?;
         }
+        let mut x = Blocks::new(vec![x]);
         let stages = self.ups.len();
         for (i, (up, blocks)) in self.ups.iter().zip(&self.resblocks).enumerate() {
             let post = (i + 1 == stages).then_some(&self.conv_post);
             x = stage(up, blocks, self.bias_sums[i].as_ref(), post, &x, cancelled)?;
             check(cancelled)?;
         }
-        Ok(x.reshape(&[-1])?)
+        Ok(x.rows(0, x.len())?.reshape(&[-1])?)
     }
 }

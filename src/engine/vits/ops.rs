@@ -3,12 +3,13 @@
 //! Convolutions are written as matrix products on purpose: MLX's CPU backend
 //! runs dilated `conv1d` and `conv_transpose1d` as naive loops, while a GEMM
 //! goes to BLAS. A `K`-tap convolution becomes an im2col matmul
-//! (`[T, K*C_in] @ [K*C_in, C_out]`); a transposed convolution becomes one
-//! matmul followed by an overlap-add of `ceil(K / stride)` shifted blocks.
+//! (`[T, K*C_in] @ [K*C_in, C_out]`) or, for long inputs, `K` accumulated
+//! matmuls on shifted rows; a transposed convolution becomes one accumulated
+//! matmul per block of `stride` taps on shifted rows (the overlap-add).
 //! Weights are converted from PyTorch's `[C_out, C_in, K]` layout here, once,
 //! at load time. Layers never evaluate: callers decide when to `eval`, except
-//! that [`eval_tiles`] (and [`map_tiles`] on it) evaluates independent pieces
-//! of work side by side on the engine's lanes.
+//! that [`eval_tiles`] and [`queue_tiles`] evaluate independent pieces of
+//! work side by side on the engine's lanes.
 use std::cell::RefCell;
 
 use mlx_rs::ops::indexing::TryIndexOp;
@@ -384,6 +385,9 @@ impl ConvTranspose1d {
             })
             .collect();
         let bias = take_bias(ws, prefix, c_out)?.map(|b| ops::tile(&b, &[s as i32])).transpose()?;
+        if let Some(b) = &bias {
+            b.eval()?;
+        }
         Ok(Self {
             blocks_w,
             bias,
@@ -474,27 +478,6 @@ impl LayerNorm {
     }
 }
 
-/// Applies `f`, a stack of "same"-padded stride-1 layers reading at most
-/// `halo` rows on either side, to `x` in tiles of `tile` rows, evaluating
-/// each tile before the next. The result equals `f(x)`; working on tiles that
-/// fit in the CPU's cache is several times faster than whole-array passes
-/// for the decoder's long late stages.
-pub fn map_tiles(x: &Array, tile: usize, halo: usize, f: impl Fn(&Array) -> Result<Array>) -> Result<Array> {
-    let t = x.shape()[0] as usize;
-    if t <= tile + 2 * halo {
-        return f(x);
-    }
-    let starts: Vec<usize> = (0..t).step_by(tile).collect();
-    let out = eval_tiles(starts.len(), &|| false, |i| {
-        let start = starts[i];
-        let end = (start + tile).min(t);
-        let (lo, hi) = (start.saturating_sub(halo), (end + halo).min(t));
-        let y = f(&rows(x, lo as i32, hi as i32)?)?;
-        rows(&y, (start - lo) as i32, (end - lo) as i32)
-    })?;
-    Ok(ops::concatenate(&out, 0)?)
-}
-
 thread_local! {
     /// Where [`checkpoint`] records arrays while [`eval_tiles`] builds a piece.
     static CHECKPOINTS: RefCell<Option<Vec<Array>>> = const { RefCell::new(None) };
@@ -524,6 +507,16 @@ pub fn checkpoint(x: &Array) {
 /// not idle while this thread builds graphs. At most two groups are in
 /// flight.
 pub fn eval_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Result<Array>) -> Result<Vec<Array>> {
+    let out = queue_tiles(n, cancelled, build)?;
+    mlx_rs::transforms::eval(out.iter())?;
+    check(cancelled)?;
+    Ok(out)
+}
+
+/// [`eval_tiles`] without waiting for the last group: it may still be
+/// running when this returns, so that the caller can queue the work that
+/// reads it (the decoder's next stage) while the lanes finish.
+pub fn queue_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Result<Array>) -> Result<Vec<Array>> {
     let lanes = cpu::lanes();
     let mut out: Vec<Array> = Vec::with_capacity(n);
     let mut waited = 0;
@@ -548,8 +541,6 @@ pub fn eval_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Resul
         out.extend(group);
         check(cancelled)?;
     }
-    mlx_rs::transforms::eval(out[waited..].iter())?;
-    check(cancelled)?;
     Ok(out)
 }
 
