@@ -175,9 +175,7 @@ impl MultiHeadAttention {
         // Absolute scores plus relative-key logits: rel[h, i, j] = q_i . E_k[j - i] for |j - i| <= W.
         let mut scores = ops::matmul(&q, &k.transpose_axes(&[0, 2, 1])?)?; // [h, L, L]
         let q_rel = ops::matmul(&q, self.emb_rel_k.t())?; // [h, L, 2W+1]
-        let (to_rel, rel_valid) = band_indices(l, |i, j| j - i + w, 2 * w + 1, l);
-        let local = q_rel.take_along_axis(&broadcast_heads(&to_rel, n_heads, l, l)?, -1)?;
-        scores = ops::add(&scores, &ops::multiply(&local, &rel_valid)?)?;
+        scores = ops::add(&scores, &band_to_square(&q_rel, l, w)?)?;
 
         let p = math::softmax(&scores)?; // [h, L, L]
         let out = ops::matmul(&p, v)?; // [h, L, d_k]
@@ -186,6 +184,20 @@ impl MultiHeadAttention {
         let rel_w = ops::multiply(&p.take_along_axis(&broadcast_heads(&to_abs, n_heads, l, 2 * w + 1)?, -1)?, &abs_valid)?; // [h, L, 2W+1]
         Ok(ops::add(&out, &ops::matmul(&rel_w, &self.emb_rel_v)?)?)
     }
+}
+
+/// Relative logits `r` `[h, L, 2W+1]` (column `c` is offset `c - W`) placed
+/// on the band of an `[h, L, L]` matrix: `out[h, i, j] = r[h, i, j - i + W]`
+/// for `|j - i| <= W`, zero elsewhere. The "skew" trick: with each row of `r`
+/// zero-padded to `M >= L + W + 1` columns, reading the padded rows with a
+/// row stride of `M - 1` shifts row `i` right by `i`, and the rows' zero
+/// tails fill the rest (one pad, one strided view: no gather, no mask).
+fn band_to_square(r: &Array, l: i32, w: i32) -> Result<Array> {
+    let h = r.shape()[0];
+    let m = l.max(w) + w + 1;
+    let padded = ops::pad(r, &[(0, 0), (0, 0), (0, m - (2 * w + 1))], None, None)?; // [h, L, M]
+    let (l64, m64) = (l as i64, m as i64);
+    Ok(ops::as_strided(&padded, &[h, l, l][..], &[l64 * m64, m64 - 1, 1][..], w as usize)?)
 }
 
 /// For rows `i < L` and columns `c < n_cols`, the index `f(i, c)` clamped to
@@ -243,5 +255,31 @@ impl Ffn {
         let (a, b) = (self.conv_1.shrink(pad), self.conv_2.shrink(pad));
         let y = self.conv_2.forward_with(&relu(&self.conv_1.forward_with(x, pad, None)?)?, pad, None)?;
         Ok((y, (a.0 + b.0, a.1 + b.1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skewed_band_places_each_offset_on_its_diagonal() {
+        let _mlx = crate::mlx_test_lock();
+        for (h, l, w) in [(2, 7, 2), (1, 3, 4), (2, 12, 4)] {
+            let n = (h * l * (2 * w + 1)) as usize;
+            let data: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+            let r = Array::from_slice(&data, &[h, l, 2 * w + 1]);
+            let sq = band_to_square(&r, l, w).unwrap().contiguous().unwrap();
+            sq.eval().unwrap();
+            let got = sq.as_slice::<f32>();
+            for b in 0..h {
+                for i in 0..l {
+                    for j in 0..l {
+                        let want = if (j - i).abs() <= w { data[((b * l + i) * (2 * w + 1) + j - i + w) as usize] } else { 0.0 };
+                        assert_eq!(got[((b * l + i) * l + j) as usize], want, "h={h} l={l} w={w} at {b},{i},{j}");
+                    }
+                }
+            }
+        }
     }
 }
