@@ -4,7 +4,7 @@
 //! alternating with channel flips.
 use mlx_rs::{ops, Array};
 
-use super::ops::{check, checkpoint, cols, eval_tiles, flip_channels, rows, Cancelled, Conv1d, Result};
+use super::ops::{check, checkpoint, cols, flip_channels, queue_tiles, rows, Cancelled, Conv1d, Result};
 use crate::engine::cpu;
 use super::{math, VitsConfig};
 use crate::engine::weights::Weights;
@@ -122,8 +122,9 @@ impl Flow {
         self.layers.iter().map(|l| l.enc.in_layers.iter().map(|c| c.radius()).sum::<usize>()).sum()
     }
 
-    /// Reverse: (Flip, coupling) for the layers last to first, evaluating
-    /// and polling `cancelled` after each layer.
+    /// Reverse: (Flip, coupling) for the layers last to first. On one lane
+    /// each layer is evaluated and `cancelled` polled after it; on several,
+    /// windows run side by side and are queued, not waited for.
     pub fn reverse(&self, z_p: &Array, g: Option<&Array>, cancelled: Cancelled) -> Result<Array> {
         let t = z_p.shape()[0] as usize;
         let (n, r) = (cpu::lanes(), self.radius());
@@ -145,7 +146,9 @@ impl Flow {
                 (a, b, a.saturating_sub(r))
             })
             .collect();
-        let xs = eval_tiles(n, cancelled, |i| {
+        // Queued, not waited for: the caller builds the decoder's first
+        // tiles while the lanes finish the windows.
+        let xs = queue_tiles(n, cancelled, |i| {
             let (_, b, lo) = spans[i];
             let mut x = rows(z_p, lo as i32, (b + r).min(t) as i32)?;
             for layer in self.layers.iter().rev() {
