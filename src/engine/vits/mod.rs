@@ -421,6 +421,53 @@ mod tests {
         assert!(outs[0] != outs[1] || outs[0].len() != outs[1].len(), "speaker embedding has no effect");
     }
 
+    /// HiFi-GAN as written in the paper, whole arrays and same padding:
+    /// the reference for the decoder's tiled, seeded, scale-folded form.
+    fn plain_decoder(ws: &mut Weights, z: &Array, g: &Array) -> Array {
+        use super::ops::{leaky_relu, Conv1d, ConvTranspose1d};
+        let conv = |ws: &mut Weights, m: &str| Conv1d::load(ws, m).unwrap();
+        let mut x = mlx_rs::ops::add(conv(ws, "dec.conv_pre").forward(z).unwrap(), conv(ws, "dec.cond").forward(g).unwrap()).unwrap();
+        for i in 0..2 {
+            x = ConvTranspose1d::load(ws, &format!("dec.ups.{i}")).unwrap().forward(&leaky_relu(&x, 0.1).unwrap()).unwrap();
+            let mut sum: Option<Array> = None;
+            for j in 0..2 {
+                let mut y = x.clone();
+                for n in 0..3 {
+                    let r = format!("dec.resblocks.{}", i * 2 + j);
+                    let h = conv(ws, &format!("{r}.convs1.{n}")).forward(&leaky_relu(&y, 0.1).unwrap()).unwrap();
+                    let h = conv(ws, &format!("{r}.convs2.{n}")).forward(&leaky_relu(&h, 0.1).unwrap()).unwrap();
+                    y = mlx_rs::ops::add(&y, &h).unwrap();
+                }
+                sum = Some(match sum {
+                    Some(s) => mlx_rs::ops::add(&s, &y).unwrap(),
+                    None => y,
+                });
+            }
+            x = mlx_rs::ops::multiply(sum.unwrap(), Array::from_f32(0.5)).unwrap();
+        }
+        let post = conv(ws, "dec.conv_post").forward(&leaky_relu(&x, 0.01).unwrap()).unwrap();
+        mlx_rs::ops::tanh(&post).unwrap().reshape(&[-1]).unwrap()
+    }
+
+    #[test]
+    fn decoder_equals_the_plain_definition_on_one_and_two_lanes() {
+        let _mlx = crate::mlx_test_lock();
+        let model = Vits::load(tiny_voice(3)).unwrap();
+        let g = model.speaker(1).unwrap().unwrap();
+        let t: i32 = 61;
+        let zs: Vec<f32> = (0..t * 4).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+        let z = Array::from_slice(&zs, &[t, 4]);
+        let want = ops::to_vec(&plain_decoder(&mut tiny_voice(3), &z, &g)).unwrap();
+        for lanes in [1, 2] {
+            crate::engine::cpu::set_threads(lanes);
+            let got = ops::to_vec(&model.dec.forward(&z, Some(&g)).unwrap()).unwrap();
+            assert_eq!(got.len(), want.len());
+            let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(d < 1e-5, "{lanes} lane(s): max |difference| {d}");
+        }
+        crate::engine::cpu::set_threads(1);
+    }
+
     #[test]
     fn missing_and_unused_weights_are_named() {
         let _mlx = crate::mlx_test_lock();
