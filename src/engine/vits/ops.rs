@@ -504,8 +504,8 @@ pub fn checkpoint(x: &Array) {
 /// therefore evaluated in segments ([`checkpoint`]s), round-robin over the
 /// lanes, so that every lane always has queued work; and the next group is
 /// built and queued before the previous one is waited for, so the lanes do
-/// not idle while this thread builds graphs. At most two groups are in
-/// flight.
+/// not idle while this thread builds graphs. At most two groups of one call
+/// are in flight (three across a [`queue_tiles`] call and the next).
 pub fn eval_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Result<Array>) -> Result<Vec<Array>> {
     let out = queue_tiles(n, cancelled, build)?;
     mlx_rs::transforms::eval(out.iter())?;
