@@ -133,16 +133,16 @@ fn mrf_sum(blocks: &[ResBlock], bias_sum: Option<&Array>, x: &Array, pad: (bool,
     Ok((acc.expect("at least one resblock"), keep))
 }
 
-/// A sequence `[T, C]` held as consecutive blocks of rows (a stage's tiles,
-/// possibly still being computed on the lanes), read by row range: the next
-/// stage's tiles join just the rows they need, and no step joins the whole.
-struct Blocks {
+/// A sequence `[T, C]` held as a stage's consecutive tiles of rows (possibly
+/// still being computed on the lanes), read by row range: the next stage's
+/// tiles join just the rows they need, and no step joins the whole.
+struct Tiles {
     parts: Vec<Array>,
     /// `starts[i]`: the first row of `parts[i]`; the last entry is `T`.
     starts: Vec<usize>,
 }
 
-impl Blocks {
+impl Tiles {
     fn new(parts: Vec<Array>) -> Self {
         let mut starts = vec![0];
         for p in &parts {
@@ -187,9 +187,9 @@ fn stage(
     blocks: &[ResBlock],
     bias_sum: Option<&Array>,
     post: Option<&Conv1d>,
-    x: &Blocks,
+    x: &Tiles,
     cancelled: Cancelled,
-) -> Result<Blocks> {
+) -> Result<Tiles> {
     let t = x.len();
     let (s, p, m) = (up.stride(), up.pad(), up.blocks());
     let out_len = up.out_len(t);
@@ -226,7 +226,7 @@ fn stage(
         let keep_hi = if end == t { out_len } else { end * s } as isize;
         rows(&y, (keep_lo - y_lo) as i32, (keep_hi - y_lo) as i32)
     })?;
-    Ok(Blocks::new(out))
+    Ok(Tiles::new(out))
 }
 
 pub struct Decoder {
@@ -307,7 +307,7 @@ impl Decoder {
         if let (Some(cond), Some(g)) = (&self.cond, g) {
             x = ops::add(&x, &cond.forward(g)?)?;
         }
-        let mut x = Blocks::new(vec![x]);
+        let mut x = Tiles::new(vec![x]);
         let stages = self.ups.len();
         for (i, (up, blocks)) in self.ups.iter().zip(&self.resblocks).enumerate() {
             let post = (i + 1 == stages).then_some(&self.conv_post);
