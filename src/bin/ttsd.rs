@@ -33,7 +33,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    ttsd::engine::cpu::choose_blas_kernels();
+    ttsd::engine::cpu::configure_blas();
     let cli = Cli::parse();
     if cli.version {
         println!("{}", ttsd::mlx_info::version_report());

@@ -6,17 +6,23 @@
 //!   machine-wide. Its AVX-512 ("SkylakeX") SGEMM is about twice as fast on
 //!   such CPUs, and the reference runtime (onnxruntime's MLAS) picks AVX-512
 //!   kernels by itself. OpenBLAS chooses when it is loaded, before `main`,
-//!   from `OPENBLAS_CORETYPE`, so [`choose_blas_kernels`] sets that and
+//!   from `OPENBLAS_CORETYPE`, so [`configure_blas`] sets that and
 //!   re-executes the program once. `TTSD_BLAS_CORETYPE` decides instead when
 //!   set: a core name for OpenBLAS, or `inherit` to leave the environment be.
 //! * Lanes: MLX's CPU element-wise ops and copies are single-threaded and
 //!   OpenBLAS's threads spin between the small GEMMs of a tile, so instead of
 //!   BLAS threads the engine spreads independent pieces of work (decoder
-//!   tiles, flow windows) over `threads` MLX CPU streams. Each stream runs on
-//!   a thread MLX owns; the engine still builds and evaluates graphs on the
-//!   calling (main) thread only. BLAS stays single-threaded.
+//!   tiles, flow windows, attention heads) over `threads` MLX CPU streams.
+//!   Each stream runs on a thread MLX owns; the engine still builds and
+//!   evaluates graphs on the calling (main) thread only. BLAS is
+//!   single-threaded, except in stretches too short to split into pieces
+//!   (a short sentence's flow and text encoder): there [`with_blas_threads`]
+//!   lets each GEMM use one BLAS thread per lane. So that OpenBLAS's idle
+//!   threads stop spinning soon after such a stretch (by default they spin
+//!   for about 0.1 s, taking a core from the lanes), [`configure_blas`] also
+//!   sets `OPENBLAS_THREAD_TIMEOUT` unless the environment has it.
 //!
-//! Never starts a thread of its own.
+//! Never starts a thread of its own (OpenBLAS starts its own, on demand).
 use std::cell::RefCell;
 
 use mlx_rs::{Device, DeviceType, Stream};
@@ -58,20 +64,42 @@ fn wanted_coretype(current: Option<&str>, ttsd_choice: Option<&str>, best: Optio
     (current != Some(want.as_str())).then_some(want)
 }
 
-/// Puts OpenBLAS on the best kernels for this CPU (see the module doc):
-/// when `OPENBLAS_CORETYPE` should change, sets it and re-executes this
-/// program with the same arguments (same pid, same open descriptors). Call
-/// first thing in `main`, before any thread starts. Returns when nothing
-/// needs doing or when the exec failed (then the kernels stay as they are).
-pub fn choose_blas_kernels() {
+/// How long an idle OpenBLAS thread spins before it sleeps, as a power of
+/// two of CPU cycles (2^18: about 0.1 ms; OpenBLAS's default, 2^28, is
+/// about 0.1 s).
+const BLAS_THREAD_TIMEOUT: &str = "18";
+
+/// The `OPENBLAS_THREAD_TIMEOUT` this process should run with, given the
+/// environment's; `None`: leave it as it is.
+fn wanted_thread_timeout(current: Option<&str>) -> Option<&'static str> {
+    current.is_none().then_some(BLAS_THREAD_TIMEOUT)
+}
+
+/// Sets up OpenBLAS before it is used (see the module doc): the best
+/// kernels for this CPU and a short spin for idle threads. OpenBLAS reads
+/// both when it is loaded, so when either should change this sets it and
+/// re-executes this program with the same arguments (same pid, same open
+/// descriptors). Call first thing in `main`, before any thread starts.
+/// Returns when nothing needs doing or when the exec failed (then OpenBLAS
+/// keeps its settings).
+pub fn configure_blas() {
     let current = std::env::var("OPENBLAS_CORETYPE").ok();
     let ttsd_choice = std::env::var("TTSD_BLAS_CORETYPE").ok();
-    let Some(core) = wanted_coretype(current.as_deref(), ttsd_choice.as_deref(), best_coretype()) else { return };
+    let mut changes: Vec<(&str, String)> = Vec::new();
+    if let Some(core) = wanted_coretype(current.as_deref(), ttsd_choice.as_deref(), best_coretype()) {
+        changes.push(("OPENBLAS_CORETYPE", core));
+    }
+    if let Some(timeout) = wanted_thread_timeout(std::env::var("OPENBLAS_THREAD_TIMEOUT").ok().as_deref()) {
+        changes.push(("OPENBLAS_THREAD_TIMEOUT", timeout.to_string()));
+    }
+    if changes.is_empty() {
+        return;
+    }
     use std::os::unix::process::CommandExt;
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_default();
-    let err = std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).env("OPENBLAS_CORETYPE", &core).exec();
-    eprintln!("ttsd: could not re-execute with OPENBLAS_CORETYPE={core} ({err}); keeping the current BLAS kernels");
+    let err = std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).envs(changes.iter().map(|(k, v)| (k, v))).exec();
+    eprintln!("ttsd: could not re-execute with {changes:?} ({err}); keeping OpenBLAS's settings");
 }
 
 thread_local! {
@@ -116,6 +144,28 @@ pub fn on_lane<T>(i: usize, f: impl FnOnce() -> T) -> T {
     LANES.with_borrow(|lanes| if lanes.is_empty() { f() } else { mlx_rs::with_stream(&lanes[i % lanes.len()], f) })
 }
 
+/// Runs `f` with one BLAS thread per lane, then goes back to one: for a
+/// stretch of work that cannot be split over the lanes and whose time is
+/// mostly in GEMMs. Only while nothing runs on the other lanes (each lane's
+/// GEMMs would use that many threads), and `f` must evaluate what it builds:
+/// the thread count applies when a GEMM runs, not when it is built.
+pub fn with_blas_threads<T>(f: impl FnOnce() -> T) -> T {
+    /// Puts BLAS back on one thread, also when `f` panics.
+    struct Single;
+    impl Drop for Single {
+        fn drop(&mut self) {
+            set_blas_threads(1);
+        }
+    }
+    let n = lanes();
+    if n == 1 {
+        return f();
+    }
+    set_blas_threads(n);
+    let _single = Single;
+    f()
+}
+
 /// `openblas_set_num_threads(n)` when the BLAS in this process is OpenBLAS.
 fn set_blas_threads(n: usize) {
     // SAFETY: looks up a symbol in libraries already loaded in this process
@@ -148,6 +198,13 @@ mod tests {
         assert_eq!(wanted_coretype(Some("SkylakeX"), Some("Haswell"), avx).as_deref(), Some("Haswell"));
         assert_eq!(wanted_coretype(Some("Haswell"), Some("Haswell"), avx), None);
         assert_eq!(wanted_coretype(None, Some("Zen"), None).as_deref(), Some("Zen"));
+    }
+
+    #[test]
+    fn thread_timeout_choice() {
+        assert_eq!(wanted_thread_timeout(None), Some(BLAS_THREAD_TIMEOUT));
+        // An operator's value stands.
+        assert_eq!(wanted_thread_timeout(Some("28")), None);
     }
 
     #[test]

