@@ -47,7 +47,7 @@ fn cpu_clock(clock: libc::clockid_t) -> f64 {
 }
 
 fn main() {
-    cpu::configure_blas();
+    cpu::configure();
     let args: Vec<String> = std::env::args().skip(1).collect();
     assert!(args.len() >= 3, "usage: ab IDS ROUNDS SETTING...");
     let n: usize = args[0].parse().expect("IDS");

@@ -279,7 +279,7 @@ fn broken_voice_files_give_clear_errors() {
 
 fn main() {
     // The BLAS settings production runs with (the binaries choose them too).
-    ttsd::engine::cpu::configure_blas();
+    ttsd::engine::cpu::configure();
     let tests: &[(&str, fn())] = &[
         ("every_golden_case_matches_the_reference", every_golden_case_matches_the_reference),
         ("windowed_decoding_equals_whole_sentence_decoding", windowed_decoding_equals_whole_sentence_decoding),

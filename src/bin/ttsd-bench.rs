@@ -33,7 +33,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    ttsd::engine::cpu::configure_blas();
+    ttsd::engine::cpu::configure();
     match Cli::parse().command {
         Command::Gemm { n } => {
             let gflops = ttsd::mlx_info::gemm_gflops(n, 5)?;

@@ -33,7 +33,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    ttsd::engine::cpu::configure_blas();
+    ttsd::engine::cpu::configure();
     let cli = Cli::parse();
     if cli.version {
         println!("{}", ttsd::mlx_info::version_report());
