@@ -5,9 +5,11 @@
 //! this direction, as in VITS). ConvFlow is a rational-quadratic spline
 //! coupling with linear tails. Voices trained without SDP have the plain
 //! convolutional predictor, also supported.
+use std::f32::consts::FRAC_1_SQRT_2;
+
 use mlx_rs::{ops, Array};
 
-use super::ops::{array, cols, gelu, relu, scale, Conv1d, DepthwiseConv1d, LayerNorm, Result};
+use super::ops::{array, cols, gelu_halved, relu, scale, Conv1d, DepthwiseConv1d, LayerNorm, Result};
 use super::VitsConfig;
 use crate::engine::weights::Weights;
 
@@ -48,14 +50,18 @@ struct DdsConv {
 impl DdsConv {
     fn load(ws: &mut Weights, p: &str, channels: usize) -> Result<Self> {
         let n = ws.names_with_prefix(&format!("{p}.convs_sep.")).iter().filter(|n| n.ends_with(".weight")).count();
+        // Each GELU runs as `gelu_halved`: the norm before it emits x/sqrt(2),
+        // and the 1/sqrt(2) of its output goes into the 1x1 conv after the
+        // first and into the residual add after the second.
         let layers = (0..n)
             .map(|i| {
-                Ok((
-                    DepthwiseConv1d::load(ws, &format!("{p}.convs_sep.{i}"))?,
-                    LayerNorm::load(ws, &format!("{p}.norms_1.{i}"), channels)?,
-                    Conv1d::load(ws, &format!("{p}.convs_1x1.{i}"))?,
-                    LayerNorm::load(ws, &format!("{p}.norms_2.{i}"), channels)?,
-                ))
+                let mut n1 = LayerNorm::load(ws, &format!("{p}.norms_1.{i}"), channels)?;
+                let mut pw = Conv1d::load(ws, &format!("{p}.convs_1x1.{i}"))?;
+                let mut n2 = LayerNorm::load(ws, &format!("{p}.norms_2.{i}"), channels)?;
+                n1.scale_output(FRAC_1_SQRT_2)?;
+                pw.scale_input(FRAC_1_SQRT_2)?;
+                n2.scale_output(FRAC_1_SQRT_2)?;
+                Ok((DepthwiseConv1d::load(ws, &format!("{p}.convs_sep.{i}"))?, n1, pw, n2))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
@@ -67,9 +73,9 @@ impl DdsConv {
             None => x.clone(),
         };
         for (sep, n1, pw, n2) in &self.layers {
-            let y = gelu(&n1.forward(&sep.forward(&x)?)?)?;
-            let y = gelu(&n2.forward(&pw.forward(&y)?)?)?;
-            x = ops::add(&x, &y)?;
+            let y = gelu_halved(&n1.forward(&sep.forward(&x)?)?)?;
+            let y = gelu_halved(&n2.forward(&pw.forward(&y)?)?)?;
+            x = ops::add(&x, &scale(&y, FRAC_1_SQRT_2)?)?;
         }
         Ok(x)
     }

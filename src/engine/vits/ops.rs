@@ -283,10 +283,13 @@ impl Conv1d {
     }
 }
 
-/// A depthwise convolution (`groups == channels`), as `K` shifted multiply-adds.
+/// A depthwise convolution (`groups == channels`): the `K` shifted rows of
+/// the input seen as one strided view `[T, K, C]`, weighted and summed over
+/// `K` (four operations whatever `K`).
 pub struct DepthwiseConv1d {
-    taps: Vec<Array>, // K x [C]
+    taps: Array, // [K, C]
     bias: Option<Array>,
+    kernel: i32,
     dilation: i32,
     pad: (i32, i32),
 }
@@ -300,34 +303,24 @@ impl DepthwiseConv1d {
             return Err(shape_error(prefix, "[C, 1, K] (depthwise)", &w.shape));
         }
         let attrs = attrs.unwrap_or_else(|| ConvAttrs::same(k));
-        let taps = (0..k)
-            .map(|i| {
-                let col: Vec<f32> = (0..c).map(|ch| w.data[ch * k + i]).collect();
-                Array::from_slice(&col, &[c as i32])
-            })
-            .collect();
+        let taps = permute3(&w.data, [c, 1, k], [2, 1, 0]); // [K, 1, C]
         Ok(Self {
-            taps,
+            taps: Array::from_slice(&taps, &[k as i32, c as i32]),
             bias: take_bias(ws, prefix, c)?,
+            kernel: k as i32,
             dilation: attrs.dilation as i32,
             pad: (attrs.pads.0 as i32, attrs.pads.1 as i32),
         })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array> {
-        let xp = pad_time(x, self.pad.0, self.pad.1)?;
-        let k = self.taps.len() as i32;
-        let t_out = xp.shape()[0] - self.dilation * (k - 1);
-        let mut y: Option<Array> = None;
-        for (i, tap) in self.taps.iter().enumerate() {
-            let start = i as i32 * self.dilation;
-            let term = ops::multiply(&rows(&xp, start, start + t_out)?, tap)?;
-            y = Some(match y {
-                Some(acc) => ops::add(&acc, &term)?,
-                None => term,
-            });
-        }
-        let y = y.expect("kernel has at least one tap");
+        let xp = pad_time(x, self.pad.0, self.pad.1)?; // [T + pads, C], contiguous
+        let c = xp.shape()[1];
+        let t_out = xp.shape()[0] - self.dilation * (self.kernel - 1);
+        // shifted[t, i, ch] = xp[t + i * dilation, ch]
+        let (c64, d64) = (c as i64, self.dilation as i64);
+        let shifted = ops::as_strided(&xp, &[t_out, self.kernel, c][..], &[c64, d64 * c64, 1][..], 0)?;
+        let y = ops::sum_axis(&ops::multiply(&shifted, &self.taps)?, 1, false)?; // [T, C]
         Ok(match &self.bias {
             Some(b) => ops::add(&y, b)?,
             None => y,
@@ -476,6 +469,14 @@ impl LayerNorm {
     pub fn forward(&self, x: &Array) -> Result<Array> {
         Ok(mlx_rs::fast::layer_norm(x, &self.gamma, &self.beta, 1e-5)?)
     }
+
+    /// Multiplies the output by `k` (gamma and beta).
+    pub fn scale_output(&mut self, k: f32) -> Result<()> {
+        self.gamma = scale(&self.gamma, k)?;
+        self.beta = scale(&self.beta, k)?;
+        mlx_rs::transforms::eval([&self.gamma, &self.beta])?;
+        Ok(())
+    }
 }
 
 thread_local! {
@@ -545,11 +546,11 @@ pub fn queue_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Resu
 }
 
 /// Exact (erf) GELU, as PyTorch's default.
-pub fn gelu(x: &Array) -> Result<Array> {
-    let half = Array::from_f32(0.5);
-    let inv_sqrt2 = Array::from_f32(std::f32::consts::FRAC_1_SQRT_2);
-    let e = super::math::erf(&ops::multiply(x, &inv_sqrt2)?)?;
-    Ok(ops::multiply(&ops::multiply(x, &half)?, &ops::add(&e, Array::from_f32(1.0))?)?)
+/// `sqrt(2) * gelu(sqrt(2) * v) = v * (1 + erf(v))`: GELU for a caller that
+/// feeds it `x / sqrt(2)` and takes `1 / sqrt(2)` of the result, both folded
+/// into neighbouring layers (three operations instead of five).
+pub fn gelu_halved(v: &Array) -> Result<Array> {
+    Ok(ops::multiply(v, &ops::add(&super::math::erf(v)?, Array::from_f32(1.0))?)?)
 }
 
 pub fn leaky_relu(x: &Array, slope: f32) -> Result<Array> {
@@ -632,6 +633,50 @@ mod tests {
         assert_eq!(y.len(), want.len());
         for (a, b) in y.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn depthwise_conv_matches_direct_convolution() {
+        let _mlx = crate::mlx_test_lock();
+        let (t, c, k, dil) = (19, 4, 3, 3);
+        let pad = dil * (k - 1) / 2;
+        let w = tensor(&[c, 1, k], |i| ((i * 31 % 13) as f32 - 6.0) / 5.0);
+        let b = tensor(&[c], |i| 0.3 - i as f32 * 0.2);
+        let x: Vec<f32> = (0..t * c).map(|i| ((i * 11 % 9) as f32 - 4.0) / 3.0).collect();
+        let mut ws = Weights::from_tensors([("d.weight".into(), w.clone()), ("d.bias".into(), b.clone())]);
+        ws.set_conv_attrs("d", ConvAttrs { dilation: dil, pads: (pad, pad), stride: 1, group: c });
+        let conv = DepthwiseConv1d::load(&mut ws, "d").unwrap();
+        let y = to_vec(&conv.forward(&Array::from_slice(&x, &[t as i32, c as i32])).unwrap()).unwrap();
+        assert_eq!(y.len(), t * c);
+        for o in 0..t {
+            for ch in 0..c {
+                let mut want = b.data[ch];
+                for kk in 0..k {
+                    let src = o as isize + (kk * dil) as isize - pad as isize;
+                    if src >= 0 && (src as usize) < t {
+                        want += x[src as usize * c + ch] * w.data[ch * k + kk];
+                    }
+                }
+                let got = y[o * c + ch];
+                assert!((got - want).abs() < 1e-5, "row {o} channel {ch}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn halved_gelu_is_gelu_rescaled() {
+        let _mlx = crate::mlx_test_lock();
+        // Both sides of the polynomial/scalar switch in `math`.
+        for n in [1000, 3 * super::super::math::SCALAR_BELOW] {
+            let xs: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32 - 0.5) * 12.0).collect();
+            let x = Array::from_slice(&xs, &[n as i32]);
+            let h = std::f32::consts::FRAC_1_SQRT_2;
+            let got = scale(&gelu_halved(&scale(&x, h).unwrap()).unwrap(), h).unwrap();
+            let erf = ops::erf(&scale(&x, h).unwrap()).unwrap();
+            let want = ops::multiply(&scale(&x, 0.5).unwrap(), &ops::add(&erf, Array::from_f32(1.0)).unwrap()).unwrap();
+            let d = to_vec(&ops::subtract(&got, &want).unwrap()).unwrap().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(d < 1e-5, "{n} elements: differs from x * Phi(x) by {d}");
         }
     }
 
