@@ -673,8 +673,8 @@ mod tests {
             let x = Array::from_slice(&xs, &[n as i32]);
             let h = std::f32::consts::FRAC_1_SQRT_2;
             let got = scale(&gelu_halved(&scale(&x, h).unwrap()).unwrap(), h).unwrap();
-            let erf = ops::erf(&scale(&x, h).unwrap()).unwrap();
-            let want = ops::multiply(&scale(&x, 0.5).unwrap(), &ops::add(&erf, Array::from_f32(1.0)).unwrap()).unwrap();
+            let erf = ops::erf(scale(&x, h).unwrap()).unwrap();
+            let want = ops::multiply(scale(&x, 0.5).unwrap(), ops::add(&erf, Array::from_f32(1.0)).unwrap()).unwrap();
             let d = to_vec(&ops::subtract(&got, &want).unwrap()).unwrap().iter().fold(0.0f32, |m, v| m.max(v.abs()));
             assert!(d < 1e-5, "{n} elements: differs from x * Phi(x) by {d}");
         }
