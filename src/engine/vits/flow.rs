@@ -30,10 +30,12 @@ impl Wn {
         let hidden = in_layers[0].c_out as i32 / 2;
         // The gate tanh(a) * sigmoid(b) is computed as tanh(a) * (1 + tanh(b / 2)) / 2
         // with one tanh over [a | b/2]: the in-layers (and the conditioning)
-        // emit b/2, the res/skip layers take the final 1/2.
+        // emit [a | b/2] times the prescale of `math::tanh_prescaled`, the
+        // res/skip layers take the final 1/2.
         let halve_b = |c: &mut Conv1d, layers: usize| -> Result<()> {
             let h = hidden as usize;
-            let k: Vec<f32> = (0..2 * h * layers).map(|j| if j % (2 * h) < h { 1.0 } else { 0.5 }).collect();
+            let s = math::TANH_PRESCALE;
+            let k: Vec<f32> = (0..2 * h * layers).map(|j| if j % (2 * h) < h { s } else { 0.5 * s }).collect();
             c.scale_output(&Array::from_slice(&k, &[k.len() as i32]))
         };
         for c in &mut in_layers {
@@ -63,7 +65,7 @@ impl Wn {
                 x_in = ops::add(&x_in, &cols(g, 2 * h * i as i32, 2 * h * (i as i32 + 1))?)?;
             }
             // [tanh(a) | tanh(b/2)] -> 2 tanh(a) sigmoid(b) (see `load`).
-            let t = math::tanh(&x_in)?;
+            let t = math::tanh_prescaled(&x_in)?;
             let acts = ops::multiply(&cols(&t, 0, h)?, &ops::add(&cols(&t, h, 2 * h)?, Array::from_f32(1.0))?)?;
             let res_skip = rs.forward(&acts)?;
             let skip = if i + 1 < n {

@@ -205,13 +205,14 @@ impl Conv1d {
     /// the GEMMs themselves. Short ones use im2col.
     pub fn forward_with(&self, x: &Array, pad: (bool, bool), residual: Option<&Array>) -> Result<Array> {
         // What the products are added to: residual and/or bias.
-        let init = match (residual, &self.bias) {
-            (Some(res), Some(b)) => Some(ops::add(res, b)?),
-            (Some(res), None) => Some(res.clone()),
-            (None, Some(b)) => Some(b.clone()),
-            (None, None) => None,
-        };
-        self.products(x, pad, init)
+        match (residual, &self.bias) {
+            (Some(res), Some(b)) => self.products(x, pad, Some(ops::add(res, b)?)),
+            (Some(res), None) => self.products(x, pad, Some(res.clone())),
+            // A bias as the GEMM's seed would be broadcast to the output's
+            // shape by a slow general copy: added afterwards instead.
+            (None, Some(b)) => Ok(ops::add(&self.products(x, pad, None)?, b)?),
+            (None, None) => self.products(x, pad, None),
+        }
     }
 
     /// `seed + conv(x)` without the bias: the caller has put the bias (or
@@ -427,7 +428,7 @@ impl ConvTranspose1d {
         // xp[j + m-1 - i] @ W_i for j in 0..T+m-1.
         let xp = pad_time(x, m - 1, m - 1)?;
         let n = t + m - 1;
-        let mut acc = self.bias.clone();
+        let mut acc: Option<Array> = None;
         for (i, w) in self.blocks_w.iter().enumerate() {
             let start = m - 1 - i as i32;
             let a = rows(&xp, start, start + n)?;
@@ -436,7 +437,13 @@ impl ConvTranspose1d {
                 None => ops::matmul(&a, w)?,
             });
         }
-        Ok(acc.expect("at least one block").reshape(&[n * s, c])?) // [T+m-1, s*C] -> [(T+m-1)*s, C]
+        let acc = acc.expect("at least one block");
+        // The bias after the GEMMs, not as their seed (see Conv1d::forward_with).
+        let acc = match &self.bias {
+            Some(b) => ops::add(&acc, b)?,
+            None => acc,
+        };
+        Ok(acc.reshape(&[n * s, c])?) // [T+m-1, s*C] -> [(T+m-1)*s, C]
     }
 
     /// Multiplies the weights (not the bias) by `k`: a scale on the input
