@@ -275,10 +275,16 @@ impl Conv1d {
             }
             Ok(y)
         } else {
-            let taps = (0..self.kernel)
-                .map(|i| rows(&xp, i * self.dilation, i * self.dilation + t_out))
-                .collect::<Result<Vec<_>>>()?;
-            let im2col = ops::concatenate(&taps, 1)?; // [T', K*C_in]
+            // im2col as one strided view of the padded input (row t: rows t,
+            // t+d, .. t+(K-1)d), which the GEMM copies to a matrix: two
+            // operations whatever K.
+            let (c, d) = (self.c_in as i64, self.dilation as i64);
+            let im2col = if d == 1 {
+                ops::as_strided(&xp, &[t_out, self.kernel * self.c_in as i32][..], &[c, 1][..], 0)?
+            } else {
+                ops::as_strided(&xp, &[t_out, self.kernel, self.c_in as i32][..], &[c, d * c, 1][..], 0)?
+                    .reshape(&[t_out, -1])?
+            }; // [T', K*C_in]
             product(init.as_ref(), &im2col, &self.weight)
         }
     }
@@ -620,14 +626,17 @@ mod tests {
     #[test]
     fn dilated_conv_matches_direct_convolution() {
         let _mlx = crate::mlx_test_lock();
-        // Short input (im2col) and long input (per-tap accumulation).
+        // Short input (im2col, one strided view: overlapping windows of rows
+        // when undilated) and long input (per-tap accumulation).
         for t in [23, (TAP_ACCUMULATE_ELEMENTS / 5) + 7] {
-            check_conv(t);
+            for dil in [1, 3] {
+                check_conv(t, dil);
+            }
         }
     }
 
-    fn check_conv(t: usize) {
-        let (c_in, c_out, k, dil) = (5, 4, 7, 3);
+    fn check_conv(t: usize, dil: usize) {
+        let (c_in, c_out, k) = (5, 4, 7);
         let pad = dil * (k - 1) / 2;
         let w = tensor(&[c_out, c_in, k], |i| ((i * 37 % 17) as f32 - 8.0) / 10.0);
         let b = tensor(&[c_out], |i| i as f32 * 0.1);
