@@ -220,7 +220,7 @@ fn stage(
         let (mut y, lost) = mrf_sum(blocks, bias_sum, &seq, pad)?;
         let mut y_lo = c_lo + lost.0 as isize;
         if let Some(post) = post {
-            y = math::tanh(&post.forward_with(&leaky_relu(&y, 0.01)?, pad, None)?)?;
+            y = math::tanh_prescaled(&post.forward_with(&leaky_relu(&y, 0.01)?, pad, None)?)?;
             y_lo += post.shrink(pad).0 as isize;
         }
         let keep_lo = if start == 0 { 0 } else { start * s } as isize;
@@ -267,6 +267,9 @@ impl Decoder {
             up.scale_input(mean)?;
         }
         conv_post.scale_input(mean)?;
+        // conv_post feeds `math::tanh_prescaled`: it emits its output prescaled.
+        let c_out = conv_post.c_out as i32;
+        conv_post.scale_output(&ops::full::<f32>(&[c_out], Array::from_f32(math::TANH_PRESCALE))?)?;
         Ok(Self {
             conv_pre: Conv1d::load(ws, "dec.conv_pre")?,
             cond: if ws.contains("dec.cond.weight") { Some(Conv1d::load(ws, "dec.cond")?) } else { None },

@@ -1,4 +1,4 @@
-//! `exp`, `softmax`, `tanh`, `sigmoid` and `erf` built from MLX's
+//! `exp`, `softmax`, `tanh` and `erf` built from MLX's
 //! add/multiply/divide (and an integer view for `exp`'s power of two),
 //! accurate to a few float32 ulps.
 //!
@@ -7,9 +7,8 @@
 //! through libm's `fmaf` (about 15-24 ns per element here), while add,
 //! multiply and divide are vectorised (0.1-0.4 ns). The flow's gates alone
 //! are millions of `tanh`/`sigmoid` per sentence. The polynomials are the
-//! minimax fits Eigen uses for its float `tanh` and `erf`, and for the
-//! flow's gates a cheaper `tanh` of our own (1.2e-6, eight operations fewer).
-//! Never evaluates.
+//! minimax fits Eigen uses for its float `erf`, and for `tanh` a cheaper fit
+//! of our own (1.2e-6, eight operations fewer than Eigen's). Never evaluates.
 //!
 //! Each polynomial is some twenty MLX operations, and an operation costs a
 //! few microseconds to build and dispatch whatever its size: below
@@ -77,26 +76,14 @@ pub fn softmax(x: &Array) -> Result<Array> {
     Ok(ops::divide(&e, &ops::sum_axis(&e, -1, true)?)?)
 }
 
-/// `tanh(x)`; exact to float32 rounding beyond |x| = 7.9 (where it is ±1).
-pub fn tanh(x: &Array) -> Result<Array> {
-    const P: [f32; 7] =
-        [4.893_524_6e-3, 6.372_619_3e-4, 1.485_722_4e-5, 5.122_297e-8, -8.604_672e-11, 2.000_188e-13, -2.760_768_5e-16];
-    const Q: [f32; 4] = [4.893_525e-3, 2.268_434_6e-3, 1.185_347_1e-4, 1.198_258_4e-6];
-    if small(x) {
-        return Ok(ops::tanh(x)?);
-    }
-    let x = ops::clip(x, (-7.905_311_f32, 7.905_311_f32))?;
-    let x2 = ops::multiply(&x, &x)?;
-    odd_rational(&x, &x2, &P, &Q)
-}
-
 /// What [`tanh_prescaled`] expects its input multiplied by: a layer that
 /// feeds it folds this factor into its weights.
 pub const TANH_PRESCALE: f32 = 0.027_607_804;
 
 /// `tanh(y / TANH_PRESCALE)`, for a `y` already multiplied by
-/// [`TANH_PRESCALE`] (the flow's gates, some fifteen operations where
-/// [`tanh`] takes twenty-three; max error 1.2e-6, exact beyond |x| = 7).
+/// [`TANH_PRESCALE`] (the flow's gates and the decoder's output: fifteen
+/// operations where Eigen's fit takes twenty-three; max error 1.2e-6,
+/// exact beyond |x| = 7).
 /// The rational `x * P(x^2) / Q(x^2)`, both of degree 3, is a minimax fit
 /// on [0, 7] made for this engine; with `y = s x`, `s` the ratio of the
 /// leading coefficients, both polynomials in `y^2` become monic, which
@@ -118,15 +105,6 @@ pub fn tanh_prescaled(y: &Array) -> Result<Array> {
         Ok(acc)
     };
     Ok(ops::divide(&ops::multiply(&y, &monic(&P)?)?, &monic(&Q)?)?)
-}
-
-/// `sigmoid(x) = (1 + tanh(x / 2)) / 2`.
-pub fn sigmoid(x: &Array) -> Result<Array> {
-    if small(x) {
-        return Ok(ops::sigmoid(x)?);
-    }
-    let t = tanh(&ops::multiply(x, c(0.5))?)?;
-    Ok(ops::add(&ops::multiply(&t, c(0.5))?, c(0.5))?)
 }
 
 /// `erf(x)`; ±1 beyond |x| = 4.
@@ -194,7 +172,6 @@ mod tests {
     fn rational_functions_match_the_exact_ones() {
         let _lock = crate::mlx_test_lock();
         let (xs, a) = grid();
-        let t = tanh(&a).unwrap();
         let neg: Vec<f32> = (0..=20_000).map(|i| -(i as f32) * 4.35e-3).chain((0..=2_000).map(|i| i as f32 * 4.4e-2)).collect();
         let x = exp(&Array::from_slice(&neg, &[neg.len() as i32])).unwrap();
         let rel = x
@@ -209,18 +186,12 @@ mod tests {
         let want = mlx_rs::ops::softmax_axis(&scores, -1, None).unwrap();
         let d = sm.as_slice::<f32>().iter().zip(want.as_slice::<f32>()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(d < 1e-6, "softmax differs from MLX's by {d}");
-        let s = sigmoid(&a).unwrap();
+        let t = tanh_prescaled(&ops::multiply(&a, c(TANH_PRESCALE)).unwrap()).unwrap();
         let e = erf(&a).unwrap();
-        mlx_rs::transforms::eval([&t, &s, &e]).unwrap();
+        mlx_rs::transforms::eval([&t, &e]).unwrap();
         let et = max_err(&t, |x| (x as f64).tanh() as f32, &xs);
-        let es = max_err(&s, |x| (1.0 / (1.0 + (-(x as f64)).exp())) as f32, &xs);
         let ee = max_err(&e, erf_ref, &xs);
-        assert!(et < 1e-6, "tanh max error {et}");
-        let tp = tanh_prescaled(&ops::multiply(&a, c(TANH_PRESCALE)).unwrap()).unwrap();
-        tp.eval().unwrap();
-        let etp = max_err(&tp, |x| (x as f64).tanh() as f32, &xs);
-        assert!(etp < 1.5e-6, "prescaled tanh max error {etp}");
-        assert!(es < 1e-6, "sigmoid max error {es}");
+        assert!(et < 1.5e-6, "tanh max error {et}");
         assert!(ee < 2e-6, "erf max error {ee}");
     }
 
@@ -232,8 +203,8 @@ mod tests {
         let few: Vec<f32> = xs.iter().step_by(xs.len() / 1000).cloned().collect();
         let b = Array::from_slice(&few, &[few.len() as i32]);
         let pick = |big: &Array| -> Vec<f32> { big.as_slice::<f32>().iter().step_by(xs.len() / 1000).cloned().collect() };
-        let prescaled = |x: &Array| tanh_prescaled(&ops::multiply(x, c(TANH_PRESCALE))?);
-        for (name, f) in [("tanh", &tanh as &dyn Fn(&Array) -> Result<Array>), ("sigmoid", &sigmoid), ("erf", &erf), ("prescaled tanh", &prescaled)] {
+        let tanh = |x: &Array| tanh_prescaled(&ops::multiply(x, c(TANH_PRESCALE))?);
+        for (name, f) in [("tanh", &tanh as &dyn Fn(&Array) -> Result<Array>), ("erf", &erf)] {
             let (big, small) = (f(&a).unwrap(), f(&b).unwrap());
             mlx_rs::transforms::eval([&big, &small]).unwrap();
             let d = pick(&big).iter().zip(small.as_slice::<f32>()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
