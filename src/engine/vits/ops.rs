@@ -527,6 +527,15 @@ pub fn eval_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Resul
     Ok(out)
 }
 
+/// Segments of a group queued ahead of the lanes. MLX lets about ten tasks
+/// (some fifty operations) be in flight and otherwise blocks the calling
+/// thread, waking it each time a task completes; with as many lanes as
+/// cores each such wake takes a core from a lane. Waiting here for the
+/// segment this many back keeps the lanes fed and wakes this thread once a
+/// segment instead (74-frame decode on 2 lanes: context switches 326 -> 257,
+/// 4% faster; 1446 frames 263 -> 251 ms).
+const SEGMENTS_AHEAD: usize = 2;
+
 /// [`eval_tiles`] without waiting for the last group: it may still be
 /// running when this returns, so that the caller can queue the work that
 /// reads it (the decoder's next stage) while the lanes finish.
@@ -544,6 +553,10 @@ pub fn queue_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Resu
         }
         let segments = pieces.iter().map(|(_, m)| m.len()).max().unwrap_or(0);
         for k in 0..segments {
+            if k >= SEGMENTS_AHEAD {
+                let done: Vec<&Array> = pieces.iter().filter_map(|(_, m)| m.get(k - SEGMENTS_AHEAD)).collect();
+                mlx_rs::transforms::eval(done)?;
+            }
             let due: Vec<&Array> = pieces.iter().filter_map(|(_, m)| m.get(k)).collect();
             mlx_rs::transforms::async_eval(due)?;
         }
