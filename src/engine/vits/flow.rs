@@ -32,17 +32,17 @@ impl Wn {
         // with one tanh over [a | b/2]: the in-layers (and the conditioning)
         // emit [a | b/2] times the prescale of `math::tanh_prescaled`, the
         // res/skip layers take the final 1/2.
-        let halve_b = |c: &mut Conv1d, layers: usize| -> Result<()> {
+        let prescale_gate = |c: &mut Conv1d, layers: usize| -> Result<()> {
             let h = hidden as usize;
             let s = math::TANH_PRESCALE;
             let k: Vec<f32> = (0..2 * h * layers).map(|j| if j % (2 * h) < h { s } else { 0.5 * s }).collect();
             c.scale_output(&Array::from_slice(&k, &[k.len() as i32]))
         };
         for c in &mut in_layers {
-            halve_b(c, 1)?;
+            prescale_gate(c, 1)?;
         }
         if let Some(c) = &mut cond_layer {
-            halve_b(c, n_layers)?;
+            prescale_gate(c, n_layers)?;
         }
         for c in &mut res_skip_layers {
             c.scale_input(0.5)?;

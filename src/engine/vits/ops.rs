@@ -663,6 +663,14 @@ mod tests {
         for (a, b) in y.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
+        // Unpadded ("valid", as inside tiles) on the same rows passed as a
+        // view into a larger array: the view's offset must be honoured.
+        let mut bigger = vec![9.0f32; 2 * c_in];
+        bigger.extend(&x);
+        let view = rows(&Array::from_slice(&bigger, &[t as i32 + 2, c_in as i32]), 2, t as i32 + 2).unwrap();
+        let valid = to_vec(&conv.forward_with(&view, (false, false), None).unwrap()).unwrap();
+        assert_eq!(valid.len(), (t - 2 * pad) * c_out);
+        assert_eq!(valid[..], y[pad * c_out..(t - pad) * c_out]);
     }
 
     #[test]
