@@ -214,6 +214,18 @@ impl Vits {
         let (k_dur, k_prior) = mlx_rs::random::split(&key, 2)?;
         let enc = self.enc_p.forward(ids)?; // evaluated
         check(cancelled)?;
+        // What each frame's prior is sampled from, per phoneme, taken per
+        // frame in one gather below: [m_p | noise_scale * exp(logs_p)]
+        // [L, 2C] (the exp over phonemes, not frames), or m_p alone when
+        // there is no noise.
+        let c = self.config.inter_channels as i32;
+        let noisy = noise_scale != 0.0;
+        let stats = if noisy {
+            mlx_rs::ops::concatenate(&[enc.m_p.clone(), ops::scale(&math::exp(&enc.logs_p)?, noise_scale)?], 1)?
+        } else {
+            enc.m_p.clone()
+        };
+
         let logw = self.dp.forward(&enc.hidden, g, noise_w, &k_dur)?; // [L, 1]
         let w = ops::scale(&mlx_rs::ops::exp(&logw)?, length_scale)?;
         let w_ceil = mlx_rs::ops::ceil(&w)?;
@@ -228,16 +240,18 @@ impl Vits {
 
         // Alignment expansion: frame t takes phoneme i's prior when t falls in i's span.
         let index: Vec<i32> = durations.iter().enumerate().flat_map(|(i, &d)| std::iter::repeat_n(i as i32, d as usize)).collect();
-        let c = self.config.inter_channels as i32;
-        let (m, logs) = if index.is_empty() {
-            (mlx_rs::ops::zeros::<f32>(&[1, c])?, mlx_rs::ops::zeros::<f32>(&[1, c])?)
+        let z_p = if index.is_empty() {
+            mlx_rs::ops::zeros::<f32>(&[1, c])?
         } else {
-            let idx = Array::from_slice(&index, &[index.len() as i32]);
-            (enc.m_p.take_axis(&idx, 0)?, enc.logs_p.take_axis(&idx, 0)?)
+            let t = index.len() as i32;
+            let framed = stats.take_axis(&Array::from_slice(&index, &[t]), 0)?; // [T, 2C] or [T, C]
+            if noisy {
+                let noise = mlx_rs::random::normal::<f32>(&[t, c][..], None, None, &k_prior)?;
+                mlx_rs::ops::add(&ops::cols(&framed, 0, c)?, &mlx_rs::ops::multiply(&noise, &ops::cols(&framed, c, 2 * c)?)?)?
+            } else {
+                framed
+            }
         };
-        let t = m.shape()[0];
-        let noise = mlx_rs::random::normal::<f32>(&[t, c][..], None, None, &k_prior)?;
-        let z_p = mlx_rs::ops::add(&m, &ops::scale(&mlx_rs::ops::multiply(&noise, &math::exp(&logs)?)?, noise_scale)?)?;
         z_p.eval()?;
         Ok(Prior { durations, z_p })
     }
