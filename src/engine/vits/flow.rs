@@ -9,10 +9,14 @@ use crate::engine::cpu;
 use super::{math, VitsConfig};
 use crate::engine::weights::Weights;
 
-/// WaveNet-like stack: `n` gated layers, hidden `H`, optional speaker conditioning.
+/// WaveNet-like stack: `n` gated layers, hidden `H`, optional speaker
+/// conditioning. Runs on a state `[T, 2H]` = `[x | skip sum]`: each
+/// layer's res/skip convolution, widened to emit `[res | skip]` (the last
+/// layer's res half zero), adds onto the whole state in its GEMM, so no
+/// pass splits its output or adds the halves separately.
 pub struct Wn {
     in_layers: Vec<Conv1d>,       // [T, H] -> [T, 2H]
-    res_skip_layers: Vec<Conv1d>, // [T, H] -> [T, 2H] (last: [T, H])
+    res_skip_layers: Vec<Conv1d>, // [T, H] -> [T, 2H] = [res | skip]
     cond_layer: Option<Conv1d>,   // [1, G] -> [1, 2H*n]
     hidden: i32,
 }
@@ -28,12 +32,12 @@ impl Wn {
             None
         };
         let hidden = in_layers[0].c_out as i32 / 2;
+        let h = hidden as usize;
         // The gate tanh(a) * sigmoid(b) is computed as tanh(a) * (1 + tanh(b / 2)) / 2
         // with one tanh over [a | b/2]: the in-layers (and the conditioning)
         // emit [a | b/2] times the prescale of `math::tanh_prescaled`, the
         // res/skip layers take the final 1/2.
         let prescale_gate = |c: &mut Conv1d, layers: usize| -> Result<()> {
-            let h = hidden as usize;
             let s = math::TANH_PRESCALE;
             let k: Vec<f32> = (0..2 * h * layers).map(|j| if j % (2 * h) < h { s } else { 0.5 * s }).collect();
             c.scale_output(&Array::from_slice(&k, &[k.len() as i32]))
@@ -47,58 +51,74 @@ impl Wn {
         for c in &mut res_skip_layers {
             c.scale_input(0.5)?;
         }
+        if let Some(last) = res_skip_layers.last_mut() {
+            // Skip only: [0 | skip].
+            let map: Vec<Option<usize>> = (0..2 * h).map(|j| j.checked_sub(h)).collect();
+            last.remap_output(&map)?;
+        }
         Ok(Self { in_layers, res_skip_layers, cond_layer, hidden })
     }
 
-    pub fn forward(&self, x: &Array, g: Option<&Array>) -> Result<Array> {
+    /// `state` `[T, 2H]` = `[x | 0]` -> `[.. | skip sum]`.
+    pub fn forward(&self, state: &Array, g: Option<&Array>) -> Result<Array> {
         let h = self.hidden;
         let g = match (&self.cond_layer, g) {
             (Some(cond), Some(g)) => Some(cond.forward(g)?),
             _ => None,
         };
-        let n = self.in_layers.len();
-        let mut x = x.clone();
-        let mut output: Option<Array> = None;
+        let mut state = state.clone();
         for (i, (inl, rs)) in self.in_layers.iter().zip(&self.res_skip_layers).enumerate() {
-            let mut x_in = inl.forward(&x)?;
+            let mut x_in = inl.forward(&cols(&state, 0, h)?)?;
             if let Some(g) = &g {
                 x_in = ops::add(&x_in, &cols(g, 2 * h * i as i32, 2 * h * (i as i32 + 1))?)?;
             }
             // [tanh(a) | tanh(b/2)] -> 2 tanh(a) sigmoid(b) (see `load`).
             let t = math::tanh_prescaled(&x_in)?;
             let acts = ops::multiply(&cols(&t, 0, h)?, &ops::add(&cols(&t, h, 2 * h)?, Array::from_f32(1.0))?)?;
-            let res_skip = rs.forward(&acts)?;
-            let skip = if i + 1 < n {
-                x = ops::add(&x, &cols(&res_skip, 0, h)?)?;
-                cols(&res_skip, h, 2 * h)?
-            } else {
-                res_skip
-            };
-            let sum = match output {
-                Some(o) => ops::add(&o, &skip)?,
-                None => skip,
-            };
-            checkpoint(&sum);
-            output = Some(sum);
+            state = rs.forward_with(&acts, (true, true), Some(&state))?;
+            checkpoint(&state);
         }
-        Ok(output.expect("WN has at least one layer"))
+        Ok(state)
     }
 }
 
 /// Mean-only affine coupling: `x1 -= post(WN(pre(x0)))` in reverse.
+///
+/// VITS flips the channels before each coupling; here the flips are folded
+/// into the weights instead: a layer reached after an odd number of flips
+/// reads its `x0` from the first half of the unflipped array (its `pre`
+/// rows reversed) and subtracts from the second (its `post` columns
+/// reversed), so no pass reverses the channels.
 struct CouplingLayer {
-    pre: Conv1d,
+    pre: Conv1d,  // [T, C/2] -> [T, 2H] = [h | 0], WN's initial state
     enc: Wn,
-    post: Conv1d,
+    post: Conv1d, // [T, 2H] -> [T, C/2], reading the skip half
     half: i32,
+    /// Whether the array reaching this layer is channel-reversed relative to VITS's.
+    flipped: bool,
 }
 
 impl CouplingLayer {
+    fn load(ws: &mut Weights, p: &str, n_layers: usize, flipped: bool) -> Result<Self> {
+        let mut pre = Conv1d::load(ws, &format!("{p}.pre"))?;
+        let enc = Wn::load(ws, &format!("{p}.enc"), n_layers)?;
+        let mut post = Conv1d::load(ws, &format!("{p}.post"))?;
+        let (half, h) = (pre.c_in, enc.hidden as usize);
+        let reversed = |n: usize| -> Vec<Option<usize>> { (0..n).map(|j| Some(if flipped { n - 1 - j } else { j })).collect() };
+        pre.remap_input(&reversed(half))?;
+        pre.remap_output(&(0..2 * h).map(|j| (j < h).then_some(j)).collect::<Vec<_>>())?;
+        post.remap_input(&(0..2 * h).map(|j| j.checked_sub(h)).collect::<Vec<_>>())?;
+        post.remap_output(&reversed(post.c_out))?;
+        Ok(Self { pre, enc, post, half: half as i32, flipped })
+    }
+
     fn reverse(&self, x: &Array, g: Option<&Array>) -> Result<Array> {
-        let x0 = cols(x, 0, self.half)?;
-        let x1 = cols(x, self.half, 2 * self.half)?;
+        let (a, b) = (cols(x, 0, self.half)?, cols(x, self.half, 2 * self.half)?);
+        let (x0, x1) = if self.flipped { (b, a) } else { (a, b) };
         let m = self.post.forward(&self.enc.forward(&self.pre.forward(&x0)?, g)?)?;
-        Ok(ops::concatenate(&[x0, ops::subtract(&x1, &m)?], 1)?)
+        let x1 = ops::subtract(&x1, &m)?;
+        let halves = if self.flipped { [x1, x0] } else { [x0, x1] };
+        Ok(ops::concatenate(&halves, 1)?)
     }
 }
 
@@ -115,13 +135,10 @@ pub struct Flow {
 
 impl Flow {
     pub fn load(ws: &mut Weights, cfg: &VitsConfig) -> Result<Self> {
-        let layers = (0..cfg.flow_n_flows)
-            .map(|i| {
-                let p = format!("flow.flows.{}", 2 * i);
-                let pre = Conv1d::load(ws, &format!("{p}.pre"))?;
-                let half = pre.c_in as i32;
-                Ok(CouplingLayer { pre, enc: Wn::load(ws, &format!("{p}.enc"), cfg.flow_n_layers)?, post: Conv1d::load(ws, &format!("{p}.post"))?, half })
-            })
+        // In reverse, layer i is reached after n - i flips.
+        let n = cfg.flow_n_flows;
+        let layers = (0..n)
+            .map(|i| CouplingLayer::load(ws, &format!("flow.flows.{}", 2 * i), cfg.flow_n_layers, (n - i) % 2 == 1))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })
     }
@@ -144,12 +161,11 @@ impl Flow {
             return cpu::with_blas_threads(|| {
                 let mut x = z_p.clone();
                 for layer in self.layers.iter().rev() {
-                    x = flip_channels(&x)?;
                     x = layer.reverse(&x, g)?;
                     x.eval()?;
                     check(cancelled)?;
                 }
-                Ok(x)
+                self.unflip(x)
             });
         }
         // Windows with the receptive field on each side, one per lane.
@@ -166,11 +182,21 @@ impl Flow {
             let (_, b, lo) = spans[i];
             let mut x = rows(z_p, lo as i32, (b + r).min(t) as i32)?;
             for layer in self.layers.iter().rev() {
-                x = layer.reverse(&flip_channels(&x)?, g)?;
+                x = layer.reverse(&x, g)?;
             }
-            Ok(x)
+            self.unflip(x)
         })?;
         let kept = spans.iter().zip(&xs).map(|(&(a, b, lo), x)| rows(x, (a - lo) as i32, (b - lo) as i32)).collect::<Result<Vec<_>>>()?;
         Ok(ops::concatenate(&kept, 0)?)
+    }
+
+    /// The flips folded into the layers leave the result reversed when
+    /// there is an odd number of them.
+    fn unflip(&self, x: Array) -> Result<Array> {
+        if self.layers.len() % 2 == 1 {
+            flip_channels(&x)
+        } else {
+            Ok(x)
+        }
     }
 }

@@ -462,6 +462,69 @@ mod tests {
         mlx_rs::ops::tanh(&post).unwrap().reshape(&[-1]).unwrap()
     }
 
+    /// VITS's reverse flow as written: flip, split, `x1 -= post(WN(pre(x0)))`
+    /// with the gate tanh(a) * sigmoid(b), res/skip split per layer: the
+    /// reference for the flow's folded flips and widened WN state.
+    fn plain_flow(ws: &mut Weights, flows: usize, z: &Array, g: &Array) -> Array {
+        use super::ops::{cols, flip_channels, Conv1d};
+        let conv = |ws: &mut Weights, m: &str| Conv1d::load(ws, m).unwrap();
+        let mut x = z.clone();
+        for i in (0..flows).rev() {
+            let p = format!("flow.flows.{}", 2 * i);
+            x = flip_channels(&x).unwrap();
+            let half = x.shape()[1] / 2;
+            let (x0, x1) = (cols(&x, 0, half).unwrap(), cols(&x, half, 2 * half).unwrap());
+            let mut h = conv(ws, &format!("{p}.pre")).forward(&x0).unwrap();
+            let gc = conv(ws, &format!("{p}.enc.cond_layer")).forward(g).unwrap();
+            let hid = h.shape()[1];
+            let mut out: Option<Array> = None;
+            for j in 0..2 {
+                let x_in = mlx_rs::ops::add(
+                    conv(ws, &format!("{p}.enc.in_layers.{j}")).forward(&h).unwrap(),
+                    cols(&gc, 2 * hid * j, 2 * hid * (j + 1)).unwrap(),
+                )
+                .unwrap();
+                let acts = mlx_rs::ops::multiply(
+                    mlx_rs::ops::tanh(cols(&x_in, 0, hid).unwrap()).unwrap(),
+                    mlx_rs::ops::sigmoid(cols(&x_in, hid, 2 * hid).unwrap()).unwrap(),
+                )
+                .unwrap();
+                let rs = conv(ws, &format!("{p}.enc.res_skip_layers.{j}")).forward(&acts).unwrap();
+                let skip = if j == 0 {
+                    h = mlx_rs::ops::add(&h, cols(&rs, 0, hid).unwrap()).unwrap();
+                    cols(&rs, hid, 2 * hid).unwrap()
+                } else {
+                    rs
+                };
+                out = Some(match out {
+                    Some(o) => mlx_rs::ops::add(&o, &skip).unwrap(),
+                    None => skip,
+                });
+            }
+            let m = conv(ws, &format!("{p}.post")).forward(&out.unwrap()).unwrap();
+            x = mlx_rs::ops::concatenate(&[x0, mlx_rs::ops::subtract(&x1, &m).unwrap()], 1).unwrap();
+        }
+        x
+    }
+
+    #[test]
+    fn flow_equals_the_plain_definition_with_even_and_odd_flow_counts() {
+        let _mlx = crate::mlx_test_lock();
+        let t: i32 = 23;
+        let zs: Vec<f32> = (0..t * 4).map(|i| ((i * 29 % 17) as f32 - 8.0) / 5.0).collect();
+        let z = Array::from_slice(&zs, &[t, 4]);
+        for flows in [4, 3] {
+            let mut cfg = VitsConfig::from_weights(&tiny_voice(3)).unwrap();
+            cfg.flow_n_flows = flows;
+            let flow = flow::Flow::load(&mut tiny_voice(3), &cfg).unwrap();
+            let g = Vits::load(tiny_voice(3)).unwrap().speaker(2).unwrap().unwrap();
+            let want = ops::to_vec(&plain_flow(&mut tiny_voice(3), flows, &z, &g)).unwrap();
+            let got = ops::to_vec(&flow.reverse(&z, Some(&g), &|| false).unwrap()).unwrap();
+            let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(d < 1e-5, "{flows} flows: max |difference| {d}");
+        }
+    }
+
     #[test]
     fn decoder_equals_the_plain_definition_on_one_and_two_lanes() {
         let _mlx = crate::mlx_test_lock();

@@ -69,6 +69,19 @@ fn take_bias(ws: &mut Weights, prefix: &str, channels: usize) -> Result<Option<A
     Ok(Some(array(&t)))
 }
 
+/// Slices of `w` along `axis` (0 or 1 of a matrix) picked by `map`, zero
+/// where `None`: `out[.., j] = w[.., map[j]]`. Evaluated (a weight).
+fn remap(w: &Array, axis: i32, map: &[Option<usize>]) -> Result<Array> {
+    let idx: Vec<i32> = map.iter().map(|m| m.unwrap_or(0) as i32).collect();
+    let keep: Vec<f32> = map.iter().map(|m| if m.is_some() { 1.0 } else { 0.0 }).collect();
+    let n = map.len() as i32;
+    let shape = if axis == 0 { [n, 1] } else { [1, n] };
+    let keep = Array::from_slice(&keep, &shape);
+    let out = ops::multiply(&w.take_axis(Array::from_slice(&idx, &[n]), axis)?, &keep)?;
+    out.eval()?;
+    Ok(out)
+}
+
 /// Permutes a row-major `[d0, d1, d2]` buffer to `[d_perm...]`.
 fn permute3(data: &[f32], dims: [usize; 3], perm: [usize; 3]) -> Vec<f32> {
     let strides = [dims[1] * dims[2], dims[2], 1];
@@ -251,6 +264,33 @@ impl Conv1d {
             *b = ops::multiply(&*b, k)?;
             b.eval()?;
         }
+        Ok(())
+    }
+
+    /// A 1x1 convolution's input channels, rearranged: input channel `j`
+    /// of the new layer reads what old channel `map[j]` read, or nothing
+    /// (a zero weight row) where `map[j]` is `None`. For a layer fed a
+    /// permuted or wider array than its weights were trained on.
+    pub fn remap_input(&mut self, map: &[Option<usize>]) -> Result<()> {
+        assert_eq!(self.kernel, 1, "remap_input is for 1x1 convolutions");
+        let picked = remap(&self.weight, 0, map)?;
+        self.weight = picked.clone();
+        self.taps = vec![picked];
+        self.c_in = map.len();
+        Ok(())
+    }
+
+    /// A 1x1 convolution's output channels, rearranged: output channel `j`
+    /// is old channel `map[j]` (weights and bias), or zero where `None`.
+    pub fn remap_output(&mut self, map: &[Option<usize>]) -> Result<()> {
+        assert_eq!(self.kernel, 1, "remap_output is for 1x1 convolutions");
+        let picked = remap(&self.weight, 1, map)?;
+        self.weight = picked.clone();
+        self.taps = vec![picked];
+        if let Some(b) = &self.bias {
+            self.bias = Some(remap(&b.reshape(&[1, -1])?, 1, map)?.reshape(&[-1])?);
+        }
+        self.c_out = map.len();
         Ok(())
     }
 
