@@ -9,7 +9,7 @@ use std::f32::consts::FRAC_1_SQRT_2;
 
 use mlx_rs::{ops, Array};
 
-use super::ops::{array, cols, gelu_halved, relu, scale, Conv1d, DepthwiseConv1d, LayerNorm, Result};
+use super::ops::{array, cols, gelu_halved, queue, relu, scale, Conv1d, DepthwiseConv1d, LayerNorm, Result};
 use super::VitsConfig;
 use crate::engine::weights::Weights;
 
@@ -217,11 +217,13 @@ impl Sdp {
             x = ops::add(&x, &cond.forward(g)?)?;
         }
         let x = self.proj.forward(&self.convs.forward(&x, None)?)?;
+        queue(&x)?;
         let mut z = scale(&mlx_rs::random::normal::<f32>(&[l, 2][..], None, None, key)?, noise_w)?;
         // Flip, ConvFlow(2n-1), ..., Flip, ConvFlow(3), Flip, ElementwiseAffine.
         for flow in &self.flows {
             z = super::ops::flip_channels(&z)?;
             z = flow.reverse(&z, &x)?;
+            queue(&z)?;
         }
         z = super::ops::flip_channels(&z)?;
         z = ops::multiply(&ops::subtract(&z, &self.ea_m)?, &ops::exp(&ops::negative(&self.ea_logs)?)?)?;

@@ -6,7 +6,7 @@
 //! `m_p`, `logs_p` `[L, C]` (C = inter channels, H = hidden channels).
 use mlx_rs::{ops, Array};
 
-use super::ops::{array, cols, eval_tiles, relu, rows, scale, Conv1d, LayerNorm, Result};
+use super::ops::{array, cols, eval_tiles, queue, relu, rows, scale, Conv1d, LayerNorm, Result};
 use super::{math, VitsConfig};
 use crate::engine::cpu;
 use crate::engine::weights::Weights;
@@ -88,6 +88,7 @@ impl TextEncoder {
             x = layer.norm_1.forward(&ops::add(&x, &y)?)?;
             let y = layer.ffn.forward(&x)?;
             x = layer.norm_2.forward(&ops::add(&x, &y)?)?;
+            queue(&x)?; // runs while the next layer is built
         }
         let stats = self.proj.forward(&x)?; // [L, 2C]
         let c = self.inter as i32;
