@@ -272,25 +272,29 @@ impl Conv1d {
     /// (a zero weight row) where `map[j]` is `None`. For a layer fed a
     /// permuted or wider array than its weights were trained on.
     pub fn remap_input(&mut self, map: &[Option<usize>]) -> Result<()> {
-        assert_eq!(self.kernel, 1, "remap_input is for 1x1 convolutions");
-        let picked = remap(&self.weight, 0, map)?;
-        self.weight = picked.clone();
-        self.taps = vec![picked];
-        self.c_in = map.len();
-        Ok(())
+        self.remap(0, map)
     }
 
     /// A 1x1 convolution's output channels, rearranged: output channel `j`
     /// is old channel `map[j]` (weights and bias), or zero where `None`.
     pub fn remap_output(&mut self, map: &[Option<usize>]) -> Result<()> {
-        assert_eq!(self.kernel, 1, "remap_output is for 1x1 convolutions");
-        let picked = remap(&self.weight, 1, map)?;
+        self.remap(1, map)
+    }
+
+    /// [`Conv1d::remap_input`] (`axis` 0) or [`Conv1d::remap_output`] (1).
+    fn remap(&mut self, axis: i32, map: &[Option<usize>]) -> Result<()> {
+        assert_eq!(self.kernel, 1, "channels are remapped for 1x1 convolutions only");
+        let picked = remap(&self.weight, axis, map)?;
         self.weight = picked.clone();
         self.taps = vec![picked];
-        if let Some(b) = &self.bias {
-            self.bias = Some(remap(&b.reshape(&[1, -1])?, 1, map)?.reshape(&[-1])?);
+        if axis == 0 {
+            self.c_in = map.len();
+        } else {
+            if let Some(b) = &self.bias {
+                self.bias = Some(remap(&b.reshape(&[1, -1])?, 1, map)?.reshape(&[-1])?);
+            }
+            self.c_out = map.len();
         }
-        self.c_out = map.len();
         Ok(())
     }
 
