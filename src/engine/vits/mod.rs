@@ -244,7 +244,7 @@ impl Vits {
             mlx_rs::ops::zeros::<f32>(&[1, c])?
         } else {
             let t = index.len() as i32;
-            let framed = stats.take_axis(&Array::from_slice(&index, &[t]), 0)?; // [T, 2C] or [T, C]
+            let framed = stats.take_axis(Array::from_slice(&index, &[t]), 0)?; // [T, 2C] or [T, C]
             if noisy {
                 let noise = mlx_rs::random::normal::<f32>(&[t, c][..], None, None, &k_prior)?;
                 mlx_rs::ops::add(&ops::cols(&framed, 0, c)?, &mlx_rs::ops::multiply(&noise, &ops::cols(&framed, c, 2 * c)?)?)?
