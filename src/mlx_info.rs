@@ -138,7 +138,13 @@ mod tests {
     fn reports_mlx_version_and_an_optimized_blas() {
         let _mlx = crate::mlx_test_lock();
         let _ = super::smoke().unwrap();
-        assert_eq!(super::mlx_version(), "0.32.2");
+        // The one pin: build/versions.env, which scripts/setup installs from.
+        let pinned = include_str!("../build/versions.env")
+            .lines()
+            .find_map(|l| l.strip_prefix("MLX_VERSION="))
+            .expect("MLX_VERSION in build/versions.env")
+            .trim();
+        assert_eq!(super::mlx_version(), pinned);
         let blas = super::blas();
         if cfg!(target_os = "linux") {
             assert!(blas.starts_with("OpenBLAS"), "BLAS in use: {blas}");

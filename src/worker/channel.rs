@@ -99,6 +99,11 @@ mod tests {
 
     #[test]
     fn receives_whole_frames_and_times_out_without_them() {
+        // Another test in this binary arms SIGALRM, which ends a wait early
+        // (EINTR) on whichever thread takes it: block it on this one.
+        let mut alrm = nix::sys::signal::SigSet::empty();
+        alrm.add(nix::sys::signal::Signal::SIGALRM);
+        nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&alrm), None).unwrap();
         let (a, b) = UnixStream::pair().unwrap();
         let ch = Channel::new(a);
         assert!(ch.try_recv().unwrap().is_none());
