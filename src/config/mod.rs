@@ -38,6 +38,8 @@ pub struct Config {
     pub queue_capacity: usize,
     pub max_connections: usize,
     pub max_frame_bytes: usize,
+    pub idle_timeout_ms: u64,
+    pub max_requests_per_connection: usize,
     pub max_text_chars: usize,
     pub default_timeout_ms: u64,
     pub hang_timeout_ms: u64,
@@ -65,6 +67,8 @@ impl Default for Config {
             queue_capacity: 64,
             max_connections: 128,
             max_frame_bytes: 1024 * 1024,
+            idle_timeout_ms: 60_000,
+            max_requests_per_connection: 16,
             max_text_chars: 20_000,
             default_timeout_ms: 30_000,
             hang_timeout_ms: 10_000,
@@ -178,6 +182,8 @@ impl Config {
             ("queue_capacity", self.queue_capacity as u64),
             ("max_connections", self.max_connections as u64),
             ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("max_requests_per_connection", self.max_requests_per_connection as u64),
             ("max_text_chars", self.max_text_chars as u64),
             ("default_timeout_ms", self.default_timeout_ms),
             ("hang_timeout_ms", self.hang_timeout_ms),
@@ -283,6 +289,8 @@ mod tests {
         assert!(err("voices = []").contains("at least one voice"));
         assert!(err("heartbeat_ms = 600\nhang_timeout_ms = 1000").contains("twice"));
         assert!(err("workers = \"two\"").contains("workers"));
+        assert!(err("idle_timeout_ms = 0").contains("idle_timeout_ms"));
+        assert!(err("max_requests_per_connection = 0").contains("max_requests_per_connection"));
     }
 
     #[test]

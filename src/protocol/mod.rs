@@ -15,6 +15,20 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks (sent in Hello / HelloOk).
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Most characters of client input (a voice name, a text) that a reply or a
+/// log line may echo: a client must not be able to make the daemon repeat a
+/// megabyte back at it, or into its log, once per request.
+pub const ECHO_CHARS: usize = 64;
+
+/// At most `max` characters of `s`, cut on a character boundary, with an
+/// ellipsis when cut. Looks at no more than `max + 1` characters of `s`.
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]).into(),
+        None => s.into(),
+    }
+}
+
 /// Client to server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
@@ -310,5 +324,20 @@ mod tests {
             let json = serde_json::to_string(code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }
+        // ALL is kept by hand: the tag after its last one must not decode,
+        // or a code was added to the enum and left out of ALL.
+        let past = frame::decode_payload::<ErrorCode>(&(ErrorCode::ALL.len() as u32).to_le_bytes());
+        assert!(past.is_err(), "ErrorCode has a variant missing from ErrorCode::ALL: {past:?}");
+    }
+
+    #[test]
+    fn clip_cuts_on_characters() {
+        assert_eq!(clip("héllo", 3), "hél…");
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("", 0), "");
+        assert_eq!(clip("ab", 0), "…");
+        let huge = "ü".repeat(1 << 20);
+        let c = clip(&huge, ECHO_CHARS);
+        assert_eq!(c.chars().count(), ECHO_CHARS + 1);
     }
 }

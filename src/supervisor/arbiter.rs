@@ -7,7 +7,8 @@
 //! workers, expire queued deadlines, retire and start workers, dispatch.
 //! It never blocks, never touches MLX or espeak-ng, and never writes to a
 //! socket itself (outboxes and worker channels do).
-use super::conn::{Outbound, Outbox};
+use super::conn::{CloseReason, Outbound, Outbox, Ticket};
+use super::memory::Trimmer;
 use super::pool::{self, Phase, Running, WorkerHandle, WorkerId};
 use super::request::{ConnId, Outcomes, Pending};
 use super::validate::{self, KnownVoice};
@@ -34,15 +35,21 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// itself was not running (machine overloaded, SIGSTOP): worker messages may
 /// be waiting unread, so no worker is judged until it has been awake this long.
 pub const STALL: Duration = Duration::from_millis(200);
+/// Requests that never reached a worker and connections the daemon closed
+/// are logged as counts, one summary this often (see `request`).
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub enum Event {
     /// A connection finished its handshake.
     Connected { conn: ConnId, out: Outbox },
-    Submit { conn: ConnId, req: SynthRequest, arrived: Instant },
-    Cancel { conn: ConnId, id: u64 },
-    Query { conn: ConnId, what: Query },
-    Disconnected { conn: ConnId },
+    /// A frame's `ticket` is released when the event is dropped, letting
+    /// its connection read the next frame.
+    Submit { conn: ConnId, req: SynthRequest, arrived: Instant, ticket: Ticket },
+    Cancel { conn: ConnId, id: u64, ticket: Ticket },
+    Query { conn: ConnId, what: Query, ticket: Ticket },
+    /// `reason`: the daemon closed it (else the client did, or it broke).
+    Disconnected { conn: ConnId, reason: Option<CloseReason> },
     Worker { wid: WorkerId, msg: FromWorker },
     Exited { wid: WorkerId, status: ExitStatus },
 }
@@ -95,6 +102,8 @@ pub struct Arbiter {
     recycles_total: u64,
     last_pass: Instant,
     awake_since: Instant,
+    last_summary: Instant,
+    trimmer: Trimmer,
 }
 
 fn ms(v: u64) -> Duration {
@@ -138,6 +147,8 @@ impl Arbiter {
             recycles_total: 0,
             last_pass: now,
             awake_since: now,
+            last_summary: now,
+            trimmer: Trimmer::new(now),
         };
         a.adopt_layout();
         a
@@ -193,6 +204,7 @@ impl Arbiter {
         for out in self.conns.values() {
             let _ = out.send(Outbound::Close);
         }
+        self.log_summary(Instant::now());
         crate::logln!("ttsd: all workers stopped");
         Ok(())
     }
@@ -202,9 +214,9 @@ impl Arbiter {
             Event::Connected { conn, out } => {
                 self.conns.insert(conn, out);
             }
-            Event::Submit { conn, req, arrived } => self.submit(conn, req, arrived),
-            Event::Cancel { conn, id } => self.cancel(conn, id),
-            Event::Query { conn, what } => {
+            Event::Submit { conn, req, arrived, .. } => self.submit(conn, req, arrived),
+            Event::Cancel { conn, id, .. } => self.cancel(conn, id),
+            Event::Query { conn, what, .. } => {
                 let reply = match what {
                     Query::Status => Reply::Status(self.status()),
                     Query::Health => {
@@ -219,7 +231,13 @@ impl Arbiter {
                     let _ = out.send(Outbound::Frame(reply));
                 }
             }
-            Event::Disconnected { conn } => self.disconnected(conn),
+            Event::Disconnected { conn, reason } => {
+                if let Some(r) = reason {
+                    self.outcomes.count_closed(r.as_str());
+                }
+                self.trimmer.disconnected();
+                self.disconnected(conn);
+            }
             Event::Worker { wid, msg } => self.on_worker_message(wid, msg),
             Event::Exited { wid, status } => self.exited(wid, status),
         }
@@ -252,7 +270,9 @@ impl Arbiter {
         let timeout = req.timeout_ms.unwrap_or(self.cfg.default_timeout_ms);
         let deadline = arrived + ms(timeout);
         let voice = checked.clone().unwrap_or_default();
-        let p = Pending::new(conn, req, voice, arrived, deadline, out, self.outcomes.clone());
+        // Before this request counts against its connection.
+        let active = out.active();
+        let mut p = Pending::new(conn, req, voice, arrived, deadline, out, self.outcomes.clone());
         if let Err((code, message)) = checked {
             return p.fail(code, message, None);
         }
@@ -262,9 +282,31 @@ impl Arbiter {
         if self.degraded() {
             return p.fail(ErrorCode::Unavailable, self.degraded_reason(), None);
         }
-        if self.queue.len() >= self.cfg.queue_capacity {
-            let msg = format!("queue is full ({} requests waiting)", self.queue.len());
+        let per_conn = self.cfg.max_requests_per_connection;
+        if active >= per_conn {
+            let msg = format!(
+                "this connection already has {active} requests queued or running \
+                 (max_requests_per_connection = {per_conn}); wait for one to end"
+            );
             return p.fail(ErrorCode::Overloaded, msg, None);
+        }
+        if self.queue.len() >= self.cfg.queue_capacity {
+            let queued: Vec<ConnId> = self.queue.iter().map(|q| q.conn).collect();
+            let Some(i) = make_room_for(&queued, conn) else {
+                let msg = format!(
+                    "the queue is full ({} requests waiting, queue_capacity = {}); retry later",
+                    self.queue.len(),
+                    self.cfg.queue_capacity
+                );
+                return p.fail(ErrorCode::Overloaded, msg, None);
+            };
+            let evicted = self.queue.remove(i).expect("index from make_room_for");
+            let msg = format!(
+                "the queue is full (queue_capacity = {}) and this connection had the most requests waiting; \
+                 this one made room for another client's",
+                self.cfg.queue_capacity
+            );
+            evicted.fail(ErrorCode::Overloaded, msg, None);
         }
         p.queued(self.queue.len());
         self.queue.push_back(p);
@@ -280,7 +322,8 @@ impl Arbiter {
                 if !r.pending.cancel_sent {
                     r.pending.cancel_sent = true;
                     let job = r.job;
-                    w.send(ToWorker::Cancel { job });
+                    // A Cancel always encodes; a failure would be logged.
+                    let _ = w.send(ToWorker::Cancel { job });
                 }
                 return;
             }
@@ -306,7 +349,7 @@ impl Arbiter {
             if let Some(r) = w.job.as_mut().filter(|r| r.pending.conn == conn && !r.pending.cancel_sent) {
                 r.pending.cancel_sent = true;
                 let job = r.job;
-                w.send(ToWorker::Cancel { job });
+                let _ = w.send(ToWorker::Cancel { job });
             }
         }
     }
@@ -476,6 +519,7 @@ impl Arbiter {
             || cfg.socket_group != self.cfg.socket_group
             || cfg.max_connections != self.cfg.max_connections
             || cfg.max_frame_bytes != self.cfg.max_frame_bytes
+            || cfg.idle_timeout_ms != self.cfg.idle_timeout_ms
             || cfg.allowed_uids != self.cfg.allowed_uids
             || cfg.allowed_gids != self.cfg.allowed_gids
         {
@@ -484,6 +528,7 @@ impl Arbiter {
             cfg.socket_group = self.cfg.socket_group.clone();
             cfg.max_connections = self.cfg.max_connections;
             cfg.max_frame_bytes = self.cfg.max_frame_bytes;
+            cfg.idle_timeout_ms = self.cfg.idle_timeout_ms;
             cfg.allowed_uids = self.cfg.allowed_uids.clone();
             cfg.allowed_gids = self.cfg.allowed_gids.clone();
         }
@@ -587,6 +632,10 @@ impl Arbiter {
             }
         }
         self.last_pass = now;
+        if now.duration_since(self.last_summary) >= SUMMARY_EVERY {
+            self.log_summary(now);
+        }
+        self.trimmer.maybe_trim(now);
         if now.duration_since(self.awake_since) >= STALL {
             self.kill_stuck(now);
         }
@@ -603,6 +652,14 @@ impl Arbiter {
             }
         }
         self.dispatch(now);
+    }
+
+    /// Log what was counted instead of logged since the last summary.
+    fn log_summary(&mut self, now: Instant) {
+        for line in self.outcomes.take_summary(now.duration_since(self.last_summary)) {
+            crate::logln!("{line}");
+        }
+        self.last_summary = now;
     }
 
     fn kill_stuck(&mut self, now: Instant) {
@@ -743,12 +800,36 @@ impl Arbiter {
                 remaining_ms: p.deadline.duration_since(now).as_millis().max(1) as u64,
                 fault: p.req.fault,
             };
-            p.dispatched = Some(now);
             let w = self.workers.get_mut(&wid).expect("picked above");
-            w.send(ToWorker::Job(job));
+            if let Err(e) = w.send(ToWorker::Job(job)) {
+                // Logged by send; the worker stays idle for the next one.
+                p.fail(ErrorCode::Internal, format!("the request could not be handed to a worker: {e}"), None);
+                continue;
+            }
+            p.dispatched = Some(now);
             w.job = Some(Running { job: job_id, pending: p });
         }
     }
+}
+
+/// When the queue is full: the index of the request to evict so that a
+/// request of `newcomer` can be queued, given the connection of every
+/// queued request in order. The newest request of the connection with the
+/// most waiting goes, if that connection has at least two more than
+/// `newcomer` (so the two do not take turns evicting each other); else
+/// none, and the newcomer is refused. With fewer connections than
+/// `queue_capacity`, a client with few requests waiting always gets in.
+fn make_room_for(queued: &[ConnId], newcomer: ConnId) -> Option<usize> {
+    // Per connection: requests waiting, index of its newest.
+    let mut counts: HashMap<ConnId, (usize, usize)> = HashMap::new();
+    for (i, &c) in queued.iter().enumerate() {
+        let e = counts.entry(c).or_insert((0, i));
+        *e = (e.0 + 1, i);
+    }
+    let mine = counts.get(&newcomer).map_or(0, |e| e.0);
+    // The most waiting; among equals, the one whose newest request is newest.
+    let &(most, newest) = counts.values().max()?;
+    (most >= mine + 2).then_some(newest)
 }
 
 /// The delay before restarting a slot whose worker just died: the minimum
@@ -786,6 +867,22 @@ mod tests {
         }
         assert_eq!(seen, vec![100, 200, 400, 800, 1000, 1000]);
         assert_eq!(next_backoff(1000, true, 100, 1000), 100);
+    }
+
+    #[test]
+    fn a_full_queue_makes_room_for_a_client_with_fewer_waiting() {
+        // Connection 1 holds most of the queue: a newcomer takes the place
+        // of its newest request.
+        assert_eq!(make_room_for(&[1, 1, 2, 1, 3], 4), Some(3));
+        assert_eq!(make_room_for(&[1, 1, 2, 1, 3], 2), Some(3));
+        // Equal shares: nobody is evicted, the newcomer is refused.
+        assert_eq!(make_room_for(&[1, 2, 3], 4), None);
+        assert_eq!(make_room_for(&[1, 1, 2], 2), None, "1 more is not enough to take turns on");
+        // The hog itself is refused rather than evicting its own.
+        assert_eq!(make_room_for(&[1, 1, 1, 2], 1), None);
+        // Among equal hogs, the newest request goes.
+        assert_eq!(make_room_for(&[1, 2, 1, 2], 3), Some(3));
+        assert_eq!(make_room_for(&[], 1), None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Layout: [`socket`] (the socket file and who may connect), [`conn`] (one
 //! client connection: handshake and frames), [`request`] (a request's one
 //! terminal reply), [`validate`] (early request checks), [`pool`] (starting,
-//! talking to and killing workers), [`arbiter`] (the loop that owns all state).
+//! talking to and killing workers), [`arbiter`] (the loop that owns all state),
+//! [`memory`] (the supervisor's allocator settings and trims).
 //!
 //! Runs on a tokio `current_thread` runtime. It never touches MLX or
 //! espeak-ng: the engine lives in the workers only, so status and health are
@@ -12,6 +13,7 @@
 pub mod activation;
 pub mod arbiter;
 pub mod conn;
+pub mod memory;
 pub mod pool;
 pub mod request;
 pub mod socket;
@@ -70,8 +72,15 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, overrides: Overrides) -> R
     let exe = own_exe().map_err(SupervisorError::Exe)?;
     // A socket passed by systemd (LISTEN_FDS) replaces binding our own.
     let activated = activation::from_env()?;
+    memory::configure();
+    // From here on no log line waits for stderr (see crate::log).
+    crate::log::start_background().map_err(SupervisorError::Runtime)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SupervisorError::Runtime)?;
-    rt.block_on(serve(cfg, config_path, overrides, exe, activated))
+    let result = rt.block_on(serve(cfg, config_path, overrides, exe, activated));
+    drop(rt);
+    // Write out what is buffered; a stalled log reader gets 2 s, no more.
+    crate::log::stop_background(Duration::from_secs(2));
+    result
 }
 
 async fn serve(
@@ -103,7 +112,10 @@ async fn serve(
         gids: cfg.allowed_gids.clone(),
     };
     let max_connections = cfg.max_connections;
-    let max_frame = cfg.max_frame_bytes;
+    let limits = conn::Limits {
+        max_frame: cfg.max_frame_bytes,
+        idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+    };
 
     let accept_events = events_tx.clone();
     let accept_count = connections.clone();
@@ -136,7 +148,7 @@ async fn serve(
             }
             accept_count.fetch_add(1, Ordering::SeqCst);
             let slot = ConnSlot { count: accept_count.clone(), _flushed: flushed_tx.clone() };
-            tokio::spawn(conn::serve(stream, next_conn, accept_events.clone(), max_frame, slot));
+            tokio::spawn(conn::serve(stream, next_conn, accept_events.clone(), limits, slot));
             next_conn += 1;
         }
         // Stop accepting: new clients get "connection refused" / "no such file".

@@ -56,14 +56,27 @@ pub struct WorkerHandle {
     pub killed: Option<(ErrorCode, String)>,
     /// It reported that a voice failed to load.
     pub load_failed: Option<String>,
-    tx: mpsc::UnboundedSender<ToWorker>,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
     kill: Option<oneshot::Sender<()>>,
 }
 
+/// A message for a worker that cannot be encoded (over the frame limit).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode a message for worker {pid}: {source}")]
+pub struct SendError {
+    pub pid: u32,
+    pub source: protocol::FrameError,
+}
+
 impl WorkerHandle {
-    pub fn send(&self, msg: ToWorker) {
+    /// Encode `msg` now and queue it for the worker. A message that cannot
+    /// be encoded is logged and returned as an error, so that the caller
+    /// can answer the request it was for (a job) instead of losing it.
+    pub fn send(&self, msg: ToWorker) -> Result<(), SendError> {
+        let bytes = encode_for(self.pid, &msg)?;
         // A dead worker's channel is closed; its exit event follows.
-        let _ = self.tx.send(msg);
+        let _ = self.tx.send(bytes);
+        Ok(())
     }
 
     /// SIGKILL it; its job is answered with `code` when the exit is reaped.
@@ -77,7 +90,8 @@ impl WorkerHandle {
 
     pub fn stop(&mut self) {
         if self.stop_sent.is_none() {
-            self.send(ToWorker::Stop);
+            // Stop always encodes; a failure would be logged by send.
+            let _ = self.send(ToWorker::Stop);
             self.stop_sent = Some(Instant::now());
         }
         self.phase = Phase::Stopping;
@@ -130,10 +144,9 @@ pub fn spawn(
     let stream = tokio::net::UnixStream::from_std(ours)?;
     let (mut rd, mut wr) = stream.into_split();
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<ToWorker>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            let Ok(bytes) = protocol::encode(&msg) else { continue };
+        while let Some(bytes) = rx.recv().await {
             if wr.write_all(&bytes).await.is_err() {
                 break;
             }
@@ -159,7 +172,17 @@ pub fn spawn(
         let status = status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0xff00));
         let _ = events.send(Event::Exited { wid, status });
     });
-    let _ = tx.send(init);
+    // Init names the configured voices only; if it cannot be encoded the
+    // worker would wait for it forever: kill it (the exit is then reaped).
+    match encode_for(pid, &init) {
+        Ok(bytes) => {
+            let _ = tx.send(bytes);
+        }
+        Err(_) => {
+            let _ = kill_tx.send(());
+            return Err(std::io::Error::other(format!("cannot encode Init for worker {pid}")));
+        }
+    }
     let now = Instant::now();
     Ok(WorkerHandle {
         wid,
@@ -179,6 +202,15 @@ pub fn spawn(
         load_failed: None,
         tx,
         kill: Some(kill_tx),
+    })
+}
+
+/// `msg` as one frame, or the logged reason it cannot be one.
+fn encode_for(pid: u32, msg: &ToWorker) -> Result<Vec<u8>, SendError> {
+    protocol::encode(msg).map_err(|source| {
+        let e = SendError { pid, source };
+        crate::logln!("ttsd: {e}");
+        e
     })
 }
 

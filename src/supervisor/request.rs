@@ -3,14 +3,19 @@
 //!
 //! Owns the guarantee "exactly one Done or Error per request": the only ways
 //! to end a [`Pending`] consume it ([`Pending::finish`], [`Pending::fail`]),
-//! and dropping one unanswered sends an `internal` error. It also owns the
-//! one log line per request and the outcome counters. It never decides
+//! and dropping one unanswered sends an `internal` error. It also owns what
+//! the log says about requests and the outcome counters: one line per
+//! request that reached a worker (their rate is bounded by synthesis), and
+//! only counts for the ones that did not (refused on arrival, or ended in
+//! the queue), which a client can produce as fast as it can send; the
+//! arbiter logs those counts as one summary per interval. It never decides
 //! *which* answer a request gets.
-use super::conn::{Outbound, Outbox};
-use crate::protocol::{ErrorCode, Input, Reply, SynthRequest, Totals};
+use super::conn::{InFlight, Outbound, Outbox};
+use crate::protocol::{clip, ErrorCode, Input, Reply, SynthRequest, Totals, ECHO_CHARS};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Audio samples per Audio frame when audio is not streamed (2 MiB of i16).
 pub const COALESCED_SAMPLES_PER_FRAME: usize = 1 << 20;
@@ -18,27 +23,85 @@ pub const COALESCED_SAMPLES_PER_FRAME: usize = 1 << 20;
 /// Identifies a client connection for the daemon's lifetime.
 pub type ConnId = u64;
 
-/// Requests ended per outcome: index 0 is `done`, then one per error code.
+/// Longest error message a reply carries (a worker's message may quote
+/// the text it failed on).
+pub const MAX_REPLY_MESSAGE_CHARS: usize = 1024;
+/// Longest error message a request's log line carries.
+pub const MAX_LOG_MESSAGE_CHARS: usize = 200;
+
+/// Requests ended per outcome since start, and the counts the arbiter logs
+/// instead of one line each (see the module doc). Shared by every
+/// [`Pending`]; only the supervisor's one thread touches it.
 #[derive(Default)]
 pub struct Outcomes {
-    counts: [AtomicU64; 1 + ErrorCode::ALL.len()],
+    done: AtomicU64,
+    inner: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    errors: BTreeMap<ErrorCode, u64>,
+    /// Since the last summary: refused on arrival, by code.
+    refused: BTreeMap<ErrorCode, u64>,
+    /// Since the last summary: accepted, ended before reaching a worker.
+    unrun: BTreeMap<ErrorCode, u64>,
+    /// Since the last summary: connections the daemon closed, by reason.
+    closed: BTreeMap<&'static str, u64>,
 }
 
 impl Outcomes {
+    /// A poisoned lock only means a panic elsewhere; counts stay valid.
+    fn lock(&self) -> MutexGuard<'_, Counts> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn count(&self, code: Option<ErrorCode>) {
-        let i = code.map_or(0, |c| 1 + c as usize);
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        match code {
+            None => {
+                self.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(c) => *self.lock().errors.entry(c).or_insert(0) += 1,
+        }
+    }
+
+    /// A request that ended without reaching a worker: counted for the
+    /// summary instead of a log line of its own.
+    fn count_unlogged(&self, code: ErrorCode, accepted: bool) {
+        let mut c = self.lock();
+        let m = if accepted { &mut c.unrun } else { &mut c.refused };
+        *m.entry(code).or_insert(0) += 1;
+    }
+
+    /// A connection the daemon closed (idle, not reading, backlog).
+    pub fn count_closed(&self, reason: &'static str) {
+        *self.lock().closed.entry(reason).or_insert(0) += 1;
     }
 
     pub fn totals(&self) -> Totals {
         Totals {
-            done: self.counts[0].load(Ordering::Relaxed),
-            errors: ErrorCode::ALL
-                .iter()
-                .map(|&c| (c, self.counts[1 + c as usize].load(Ordering::Relaxed)))
-                .filter(|&(_, n)| n > 0)
-                .collect(),
+            done: self.done.load(Ordering::Relaxed),
+            errors: self.lock().errors.iter().filter(|&(_, &n)| n > 0).map(|(&c, &n)| (c, n)).collect(),
         }
+    }
+
+    /// The summary lines for what was counted since the last call (none
+    /// when nothing was), `over` being the time since then; resets it.
+    pub fn take_summary(&self, over: Duration) -> Vec<String> {
+        let mut c = self.lock();
+        let secs = over.as_secs_f64().round().max(1.0);
+        let mut lines = Vec::new();
+        let mut line = |what: &str, m: Vec<(String, u64)>| {
+            let n: u64 = m.iter().map(|(_, n)| n).sum();
+            if n > 0 {
+                let parts: Vec<String> = m.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                lines.push(format!("ttsd: {} in the last {secs} s: {}", what.replace("{n}", &n.to_string()), parts.join(", ")));
+            }
+        };
+        let codes = |m: &mut BTreeMap<ErrorCode, u64>| std::mem::take(m).into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+        line("refused {n} requests", codes(&mut c.refused));
+        line("{n} queued requests ended before reaching a worker", codes(&mut c.unrun));
+        line("closed {n} connections", std::mem::take(&mut c.closed).into_iter().map(|(k, n)| (k.to_string(), n)).collect());
+        lines
     }
 }
 
@@ -64,7 +127,11 @@ pub struct Pending {
     pub audio_sent: bool,
     /// A cancel was sent to the worker running it.
     pub cancel_sent: bool,
+    /// It was queued (got `Queued`), not refused on arrival.
+    accepted: bool,
     out: Outbox,
+    /// Counts it against its connection while it lives.
+    _in_flight: InFlight,
     outcomes: Arc<Outcomes>,
     buffered: Vec<i16>,
     sample_rate: u32,
@@ -92,6 +159,8 @@ impl Pending {
             retried: false,
             audio_sent: false,
             cancel_sent: false,
+            accepted: false,
+            _in_flight: out.in_flight(),
             out,
             outcomes,
             buffered: Vec::new(),
@@ -111,7 +180,8 @@ impl Pending {
     }
 
     /// Tell the client where it stands in the queue.
-    pub fn queued(&self, position: usize) {
+    pub fn queued(&mut self, position: usize) {
+        self.accepted = true;
         self.send(Reply::Queued { id: self.id(), position: position.min(u32::MAX as usize) as u32 });
     }
 
@@ -166,6 +236,7 @@ impl Pending {
     }
 
     fn fail_in_place(&mut self, code: ErrorCode, message: String, worker: Option<WorkerRef>) {
+        let message = clip(&message, MAX_REPLY_MESSAGE_CHARS).into_owned();
         let message = if self.retried && !message.contains("retr") {
             format!("{message} (after one retry on another worker)")
         } else {
@@ -173,7 +244,11 @@ impl Pending {
         };
         let synth_ms = self.dispatched.map_or(0, |t| t.elapsed().as_millis() as u64);
         let queue_ms = self.queue_ms();
-        self.log(code.as_str(), &message, queue_ms, synth_ms, 0.0, worker.unwrap_or_default());
+        if self.dispatched.is_some() {
+            self.log(code.as_str(), &message, queue_ms, synth_ms, 0.0, worker.unwrap_or_default());
+        } else {
+            self.outcomes.count_unlogged(code, self.accepted);
+        }
         self.send(Reply::Error { id: Some(self.id()), code, message });
         self.outcomes.count(Some(code));
         self.answered = true;
@@ -187,18 +262,23 @@ impl Pending {
     fn log(&self, outcome: &str, message: &str, queue_ms: u64, synth_ms: u64, audio_s: f64, w: WorkerRef) {
         let rtf = if audio_s > 0.0 { synth_ms as f64 / 1000.0 / audio_s } else { 0.0 };
         let text = match &self.req.input {
-            Input::Text(t) => preview(t, 40),
+            Input::Text(t) => clip(t, 40).into_owned(),
             Input::PhonemeIds(ids) => format!("<{} phoneme ids>", ids.len()),
         };
-        let msg = if message.is_empty() { String::new() } else { format!(" msg={message:?}") };
+        let msg = if message.is_empty() {
+            String::new()
+        } else {
+            format!(" msg={:?}", clip(message, MAX_LOG_MESSAGE_CHARS))
+        };
         crate::logln!(
             "ttsd: request conn={} id={} outcome={outcome} queue_ms={queue_ms} synth_ms={synth_ms} audio_s={audio_s:.2} \
-             rtf={rtf:.3} worker_pid={} worker_rss_mb={} retried={} text={text:?}{msg}",
+             rtf={rtf:.3} worker_pid={} worker_rss_mb={} retried={} voice={:?} text={text:?}{msg}",
             self.conn,
             self.id(),
             w.pid,
             w.rss_bytes >> 20,
             self.retried,
+            clip(&self.voice, ECHO_CHARS),
         );
     }
 }
@@ -211,21 +291,13 @@ impl Drop for Pending {
     }
 }
 
-/// At most `n` characters of `s`, with an ellipsis when cut.
-pub fn preview(s: &str, n: usize) -> String {
-    let mut out: String = s.chars().take(n).collect();
-    if s.chars().nth(n).is_some() {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervisor::conn::Wire;
     use tokio::sync::mpsc;
 
-    fn pending(stream: bool) -> (Pending, mpsc::UnboundedReceiver<Outbound>, Arc<Outcomes>) {
+    fn pending(stream: bool) -> (Pending, mpsc::UnboundedReceiver<Wire>, Arc<Outcomes>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let outcomes = Arc::new(Outcomes::default());
         let req = SynthRequest { id: 5, stream, ..SynthRequest::text("hello") };
@@ -233,10 +305,10 @@ mod tests {
         (Pending::new(1, req, "joe".into(), now, now, Outbox::new(tx), outcomes.clone()), rx, outcomes)
     }
 
-    fn frames(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<Reply> {
+    fn frames(rx: &mut mpsc::UnboundedReceiver<Wire>) -> Vec<Reply> {
         let mut v = Vec::new();
-        while let Ok(Outbound::Frame(r)) = rx.try_recv() {
-            v.push(r);
+        while let Ok(w) = rx.try_recv() {
+            v.extend(w.reply());
         }
         v
     }
@@ -291,8 +363,44 @@ mod tests {
     }
 
     #[test]
-    fn preview_cuts_on_characters() {
-        assert_eq!(preview("héllo", 3), "hél…");
-        assert_eq!(preview("abc", 3), "abc");
+    fn refusals_and_unrun_requests_are_counted_not_logged() {
+        let outcomes = Arc::new(Outcomes::default());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let out = Outbox::new(tx);
+        let mk = |id| {
+            let req = SynthRequest { id, ..SynthRequest::text("hi") };
+            let now = Instant::now();
+            Pending::new(1, req, "joe".into(), now, now, out.clone(), outcomes.clone())
+        };
+        for id in 0..3 {
+            mk(id).fail(ErrorCode::Overloaded, "queue is full", None);
+        }
+        mk(3).fail(ErrorCode::UnknownVoice, "no voice 'x'", None);
+        let mut queued = mk(4);
+        queued.queued(0);
+        queued.fail(ErrorCode::Cancelled, "cancelled by the client", None);
+        outcomes.count_closed("idle");
+        assert_eq!(out.active(), 0, "every ended request let go of its connection");
+        let lines = outcomes.take_summary(Duration::from_secs(10));
+        assert_eq!(
+            lines,
+            vec![
+                "ttsd: refused 4 requests in the last 10 s: unknown_voice 1, overloaded 3".to_string(),
+                "ttsd: 1 queued requests ended before reaching a worker in the last 10 s: cancelled 1".to_string(),
+                "ttsd: closed 1 connections in the last 10 s: idle 1".to_string(),
+            ]
+        );
+        assert!(outcomes.take_summary(Duration::from_secs(10)).is_empty(), "the summary resets");
+        assert_eq!(outcomes.totals().errors.iter().map(|e| e.1).sum::<u64>(), 5, "totals keep counting");
+    }
+
+    #[test]
+    fn long_messages_are_clipped_in_the_reply() {
+        let (p, mut rx, _) = pending(false);
+        p.fail(ErrorCode::Internal, "m".repeat(1 << 20), None);
+        match &frames(&mut rx)[0] {
+            Reply::Error { message, .. } => assert!(message.chars().count() <= MAX_REPLY_MESSAGE_CHARS + 1),
+            other => panic!("{other:?}"),
+        }
     }
 }

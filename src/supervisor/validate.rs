@@ -2,8 +2,9 @@
 //! worker. The engine checks again; this only saves a round trip.
 //!
 //! Pure functions over the request, the limits and what is known of the
-//! voices. Never does I/O.
-use crate::protocol::{ErrorCode, Input, SynthRequest, VoiceDesc};
+//! voices. Never does I/O, and never echoes more than
+//! [`ECHO_CHARS`](crate::protocol::ECHO_CHARS) characters of client input.
+use crate::protocol::{clip, ErrorCode, Input, SynthRequest, VoiceDesc, ECHO_CHARS};
 
 /// What the checks need to know of one configured voice.
 pub struct KnownVoice<'a> {
@@ -24,6 +25,7 @@ pub fn check(
     let name = req.voice.as_deref().unwrap_or(default_voice);
     let Some(voice) = voices.iter().find(|v| v.name == name) else {
         let names: Vec<&str> = voices.iter().map(|v| v.name).collect();
+        let name = clip(name, ECHO_CHARS);
         return Err((ErrorCode::UnknownVoice, format!("no voice '{name}' (voices: {})", names.join(", "))));
     };
     match &req.input {
@@ -127,6 +129,15 @@ mod tests {
         assert_eq!(code(SynthRequest { input: Input::PhonemeIds(vec![1, 256]), ..t("") }), ErrorCode::BadRequest);
         assert_eq!(code(SynthRequest { input: Input::PhonemeIds(vec![-1]), ..t("") }), ErrorCode::BadRequest);
         assert_eq!(code(SynthRequest { timeout_ms: Some(0), ..t("Hi") }), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn an_unknown_voice_name_is_echoed_clipped() {
+        let name = "n".repeat(1 << 20);
+        let (code, msg) = run(SynthRequest { voice: Some(name), ..SynthRequest::text("Hi") }, false).unwrap_err();
+        assert_eq!(code, ErrorCode::UnknownVoice);
+        assert!(msg.len() < 200, "{} bytes", msg.len());
+        assert!(msg.contains("voices: joe, new"));
     }
 
     #[test]
