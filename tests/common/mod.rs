@@ -220,3 +220,63 @@ pub fn until_terminal(c: &mut Client, id: u64) -> Vec<Reply> {
         }
     }
 }
+
+/// How a test wants the daemon's stderr, and whether the daemon must die
+/// with the test process (see [`Daemon::start_with`]).
+pub struct Spawn {
+    /// `None`: the log file in the daemon's directory (what [`Daemon::log`] reads).
+    pub stderr: Option<Stdio>,
+    /// SIGTERM the daemon when the thread that started it ends: for a
+    /// daemon kept in a `static` (never dropped), started from a thread
+    /// that lives as long as the test process.
+    pub die_with_parent: bool,
+}
+
+impl Daemon {
+    /// [`Daemon::start`] with control over stderr and the daemon's lifetime.
+    pub fn start_with(extra: &str, how: Spawn) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("daemon.toml");
+        std::fs::write(&cfg, config(dir.path(), extra)).unwrap();
+        let stderr = match how.stderr {
+            Some(s) => s,
+            None => Stdio::from(std::fs::File::create(dir.path().join("ttsd.log")).unwrap()),
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ttsd"));
+        cmd.arg("--config").arg(&cfg).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        if how.die_with_parent {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs in the child before exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
+        let socket = dir.path().join("ttsd.sock");
+        let d = Self { child, dir, socket, exited: None };
+        let t = Instant::now();
+        while UnixStream::connect(&d.socket).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "no socket after 10 s\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+}
+
+/// Resident and peak resident memory of `pid` in KiB (VmRSS, VmHWM).
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
