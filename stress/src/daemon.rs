@@ -25,11 +25,14 @@ pub struct Settings {
     pub restart_backoff_min_ms: u64,
     pub restart_backoff_max_ms: u64,
     pub degraded_after_failures: u32,
+    /// `None`: the daemon's default (and a ttsd too old to know the
+    /// setting still starts).
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl Settings {
     pub fn toml(&self, socket: &Path, voice: &Path) -> String {
-        format!(
+        let mut t = format!(
             "socket = {socket:?}\n\
              voices = [{{ name = \"joe\", path = {voice:?} }}]\n\
              workers = {}\nqueue_capacity = {}\nmax_connections = {}\nmax_frame_bytes = {}\n\
@@ -50,7 +53,11 @@ impl Settings {
             self.degraded_after_failures,
             socket = socket.display().to_string(),
             voice = voice.display().to_string(),
-        )
+        );
+        if let Some(ms) = self.idle_timeout_ms {
+            t.push_str(&format!("idle_timeout_ms = {ms}\n"));
+        }
+        t
     }
 }
 

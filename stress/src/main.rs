@@ -6,11 +6,13 @@
 //! [`conn`] and [`load`] (load clients), [`attacks`] (misbehaving clients),
 //! [`faults`] (the fault schedule and worker signals), [`monitor`] (status
 //! and RSS every second), [`daemon`] (the daemon under test), [`report`]
-//! (invariants, summary, JSON). This file: arguments, scenarios, the run.
+//! (invariants, summary, JSON), [`hostile`] (the `hostile` scenario's
+//! attackers, prober and criteria). This file: arguments, scenarios, the run.
 mod attacks;
 mod conn;
 mod daemon;
 mod faults;
+mod hostile;
 mod load;
 mod monitor;
 mod report;
@@ -39,6 +41,12 @@ enum Scenario {
     /// A client that never reads submits 120 requests over 40 s while one
     /// client runs normally: the supervisor must not keep all their audio.
     Backpressure,
+    /// Clients that try to make the supervisor hold memory, write log or
+    /// lock others out (huge voice names pipelined unread, floods that
+    /// never read, more idle connections than max_connections), one phase
+    /// each, while one valid client's requests must all end done: checks
+    /// supervisor peak RSS, log bytes, health latency, lost replies.
+    Hostile,
 }
 
 #[derive(Parser, Debug)]
@@ -239,6 +247,11 @@ fn plan(a: &Args) -> Result<Plan> {
             p.nonreader = 30;
             p.nonreader_every_s = 10.0;
         }
+        Scenario::Hostile => {
+            p.duration_s = Some(120.0);
+            p.clients = 1;
+            p.hang_timeout_ms = 6000;
+        }
         Scenario::Chaos => {
             p.duration_s = Some(300.0);
             p.kill_every_s = 5.0;
@@ -335,7 +348,14 @@ fn run() -> Result<bool> {
         // Workers are only killed once ready, so load failures mean a real
         // problem; a few in a row are tolerated before `degraded`.
         degraded_after_failures: 5,
+        // Short, so that idle attackers are closed (and come back) several
+        // times within the idle phase.
+        idle_timeout_ms: (p.scenario == "hostile").then_some(5000),
     };
+    let hostile = p.scenario == "hostile";
+    if hostile && args.socket.is_some() {
+        bail!("the hostile scenario starts its own daemon (it reads the daemon's log size and memory); drop --socket");
+    }
     let started = Instant::now();
     let mut own = None;
     let socket = match &args.socket {
@@ -412,6 +432,21 @@ fn run() -> Result<bool> {
         let s = schedule(&p);
         std::thread::spawn(move || faults::run(s, ctx))
     };
+    let hostile_run = if hostile {
+        let d = own.as_ref().expect("hostile starts its own daemon");
+        let target = hostile::Target {
+            socket: socket.clone(),
+            supervisor_pid: d.pid(),
+            log: d.log.clone(),
+            max_connections: settings.max_connections,
+            max_frame_bytes: settings.max_frame_bytes,
+        };
+        let window = Duration::from_secs_f64(p.duration_s.unwrap_or(120.0));
+        let stop = budget.stop.clone();
+        Some(std::thread::spawn(move || hostile::run(target, window, stop)))
+    } else {
+        None
+    };
     let clients: Vec<_> = (0..p.clients)
         .map(|i| {
             let (spec, budget, tracker) = (spec.clone(), budget.clone(), tracker.clone());
@@ -441,6 +476,7 @@ fn run() -> Result<bool> {
         let _ = c.join();
     }
     let load_wall = t0.elapsed().as_secs_f64();
+    let hostile_log = hostile_run.map(|h| h.join().expect("the hostile thread panicked"));
     release.store(true, Ordering::SeqCst);
     let _ = sched.join();
 
@@ -501,6 +537,12 @@ fn run() -> Result<bool> {
         &unknown,
         &conn_errors,
     );
+    let mut inv = inv;
+    let hostile_health = hostile_log.as_ref().map(|h| {
+        let (more, health) = hostile::invariants(h, settings.max_connections);
+        inv.extend(more);
+        health
+    });
     let pass = inv.iter().all(|i| i.pass);
     let title = format!(
         "ttsd-stress {}: {:.1} s of load ({:.1} s in all), {} workers, {} clients ({}), seed {}",
@@ -514,6 +556,15 @@ fn run() -> Result<bool> {
     );
     let text = report::print(&title, &summary, &inv);
     println!("{text}");
+    if let (Some(h), Some(hp)) = (&hostile_log, &hostile_health) {
+        let valid = records.len();
+        let done = records.iter().filter(|r| r.outcome == Some(track::Outcome::Done)).count();
+        println!(
+            "  hostile         supervisor peak RSS {:.1} MiB, log {} bytes, health p50 {:.1} / p99 {:.1} / max {:.1} ms \
+             ({} probes), valid client {done} of {valid} done, lost replies {}",
+            h.supervisor_peak_mib, h.log_bytes, hp.p50, hp.p99, hp.max, hp.n, summary.lost_replies
+        );
+    }
     if !flog.skipped.is_empty() {
         println!("  skipped faults: {}", flog.skipped.join("; "));
     }
@@ -530,6 +581,7 @@ fn run() -> Result<bool> {
             "requests": records,
             "samples": series.samples,
             "status_failures": series.failures,
+            "hostile": hostile_log,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("write {}", path.display()))?;
         eprintln!("ttsd-stress: report written to {}", path.display());

@@ -12,7 +12,7 @@ fn help_lists_the_scenarios() {
     let out = stress(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for s in ["smoke", "soak", "chaos", "backpressure", "--kill-every", "--stop-every", "--json"] {
+    for s in ["smoke", "soak", "chaos", "backpressure", "hostile", "--kill-every", "--stop-every", "--json"] {
         assert!(text.contains(s), "{s} missing from --help");
     }
 }
