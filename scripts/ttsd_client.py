@@ -12,6 +12,10 @@ The socket is --socket, else $TTSD_SOCKET, else $XDG_RUNTIME_DIR/ttsd.sock,
 else /tmp/ttsd-$UID/ttsd.sock. Exit codes: 0 ok, 1 request failed (health:
 not ready), 2 daemon unreachable, 64 usage.
 
+say writes the WAV to a temporary file beside the output and renames it into
+place only once the request has succeeded, so a failure leaves an existing
+file as it was.
+
 Wire format: every frame is a u32 little-endian payload length, then the
 payload in bincode 2's serde encoding with little-endian fixed-width
 integers: enum variant = u32 index; String = u64 byte length + UTF-8;
@@ -21,7 +25,9 @@ structs and tuples = their fields in order.
 import argparse
 import json
 import os
+import secrets
 import socket
+import stat
 import struct
 import sys
 import wave
@@ -248,13 +254,78 @@ def default_socket():
     return f"/tmp/ttsd-{os.getuid()}/ttsd.sock"
 
 
+class Output:
+    """An output file that appears only once complete: audio goes to a
+    temporary file beside it (created exclusively) that replaces it on
+    commit(); discard() removes only that temporary file. Devices and fifos
+    are written in place, never created, removed or replaced."""
+
+    def __init__(self, path):
+        self.temp = None
+        target, mode = path, None
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                raise OSError(f"{path} is a symbolic link to a file that "
+                              "does not exist") from None
+            if stat.S_ISREG(st.st_mode):
+                target = os.path.realpath(path)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(f"{path} is a directory")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            self.file = os.fdopen(os.open(path, os.O_WRONLY | os.O_NOCTTY), "wb")
+            return
+        if st is not None:
+            if not os.access(target, os.W_OK):
+                raise PermissionError(f"{target}: permission denied")
+            mode = stat.S_IMODE(st.st_mode) & 0o777
+        d, name = os.path.split(target)
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                 | getattr(os, "O_NOFOLLOW", 0))
+        for _ in range(64):
+            temp = os.path.join(d or ".", f".{name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+            try:
+                fd = os.open(temp, flags, 0o666)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError("no free temporary file name")
+        if mode is not None:
+            os.fchmod(fd, mode)   # keep a private file private
+        self.temp, self.target = temp, target
+        self.file = os.fdopen(fd, "wb")
+
+    def commit(self):
+        self.file.flush()
+        if self.temp is not None:
+            os.fsync(self.file.fileno())
+        self.file.close()
+        if self.temp is not None:
+            os.replace(self.temp, self.target)
+            self.temp = None
+
+    def discard(self):
+        self.file.close()
+        if self.temp is not None:
+            os.unlink(self.temp)
+            self.temp = None
+
+
 def say_to_wav(conn, text, path, **opts):
-    """Write the speech for text to a mono 16-bit WAV file; returns Done."""
-    out = {"wav": None}
+    """Write the speech for text to a mono 16-bit WAV file; returns Done.
+    An existing file at `path` is replaced only once all the audio is in."""
+    out = {"wav": None, "file": None}
 
     def on_audio(rate, pcm):
         if out["wav"] is None:
-            out["wav"] = wave.open(path, "wb")
+            out["file"] = Output(path)
+            out["wav"] = wave.open(out["file"].file, "wb")
             out["wav"].setnchannels(1)
             out["wav"].setsampwidth(2)
             out["wav"].setframerate(rate)
@@ -262,14 +333,14 @@ def say_to_wav(conn, text, path, **opts):
 
     try:
         done = conn.say(text, on_audio, **opts)
+        if out["wav"] is None:
+            raise TtsdError("internal", "no audio received")
+        out["wav"].close()
+        out["file"].commit()
     except BaseException:
-        if out["wav"] is not None:
-            out["wav"].close()
-            os.unlink(path)
+        if out["file"] is not None:
+            out["file"].discard()
         raise
-    if out["wav"] is None:
-        raise TtsdError("internal", "no audio received")
-    out["wav"].close()
     return done
 
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use ttsd::client::cli::{Cli, Command, Output, Stdio, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use ttsd::client::say::{self, SayError};
-use ttsd::client::{self, hint, metrics, table, Client};
+use ttsd::client::{self, hint, metrics, outfile, table, Client};
 use ttsd::protocol::HealthState;
 
 fn main() -> ExitCode {
@@ -24,6 +24,23 @@ fn main() -> ExitCode {
     };
     let socket = client::socket_path(cli.socket.as_deref());
     ExitCode::from(run(cli.command, &socket))
+}
+
+/// Ctrl-C (or SIGTERM, SIGHUP) while `say` writes a file: remove our
+/// temporary file, then die of the signal as usual. The output file itself
+/// is untouched until the request has succeeded.
+fn remove_temp_files_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        // SAFETY: the handler only calls async-signal-safe functions (an
+        // atomic swap and unlink, then the default action).
+        let _ = unsafe {
+            signal_hook::low_level::register(sig, move || {
+                outfile::remove_temp_on_signal();
+                let _ = signal_hook::low_level::emulate_default_handler(sig);
+            })
+        };
+    }
 }
 
 /// Print `msg` on stderr prefixed with "ttsctl: " and return `code`.
@@ -81,6 +98,7 @@ fn run(command: Command, socket: &Path) -> u8 {
                 }
             }
             let (quiet, output) = (plan.quiet, plan.output.clone());
+            remove_temp_files_on_signals();
             let mut c = match connect(socket) {
                 Ok(c) => c,
                 Err(code) => return code,

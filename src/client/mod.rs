@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod hint;
 pub mod metrics;
+pub mod outfile;
 pub mod player;
 pub mod progress;
 pub mod say;

@@ -3,10 +3,14 @@
 //!
 //! Owns where audio goes and what happens when that fails: an output that
 //! stops reading (a closed pipe, a player that quit) cancels the request and
-//! ends quietly; a file left half-written by a failed request is removed.
+//! ends quietly; `-o FILE` appears (or replaces the old FILE) only once the
+//! request has succeeded ([`super::outfile`]), so a failure leaves an
+//! existing FILE as it was. It never removes anything but its own
+//! temporary files.
 //! Arguments arrive validated ([`super::cli::SayPlan`]); messages for people
 //! go to the `notes` writer (stderr), never to stdout.
 use super::cli::{Output, SayPlan};
+use super::outfile::{self, TempFile};
 use super::player::{self, Player, PlayerError, PlayerKind};
 use super::progress::Progress;
 use super::sink::{patch_wav_sizes, Format, PcmWriter};
@@ -64,13 +68,14 @@ pub fn stream(
 
 /// Where the audio is going.
 enum Sink {
-    /// A file we created (removed if the request fails) or stdout; `base` is
-    /// where the WAV header starts in it.
-    File { w: PcmWriter<File>, created: Option<PathBuf>, base: u64, what: String },
+    /// `-o FILE` or stdout; `base` is where the WAV header starts in it.
+    /// `pending`: a temporary file that goes to FILE on success (dropped,
+    /// it is removed); none for stdout, devices and fifos, written in place.
+    File { w: PcmWriter<File>, pending: Option<(TempFile, PathBuf)>, base: u64, what: String },
     /// A player reading stdin, started with the first chunk (it needs the rate).
     Pipe { kind: PlayerKind, running: Option<(Player, PcmWriter<ChildStdin>)> },
     /// A player of files only: a temporary WAV, played at the end.
-    Later { kind: PlayerKind, w: PcmWriter<File>, path: PathBuf },
+    Later { kind: PlayerKind, w: PcmWriter<File>, temp: TempFile },
 }
 
 fn closed_or(what: &str) -> impl Fn(io::Error) -> SayError + '_ {
@@ -89,8 +94,8 @@ impl Sink {
         match &plan.output {
             Output::File(path) => {
                 let what = path.display().to_string();
-                let f = File::create(path).map_err(|source| SayError::Output { what: what.clone(), source })?;
-                Ok(Sink::File { w: PcmWriter::new(f, format), created: Some(path.clone()), base: 0, what })
+                let out = outfile::open(path).map_err(|source| SayError::Output { what: what.clone(), source })?;
+                Ok(Sink::File { w: PcmWriter::new(out.file, format), pending: out.pending, base: 0, what })
             }
             Output::Stdout => {
                 use std::os::fd::AsFd;
@@ -98,17 +103,19 @@ impl Sink {
                 let fd = io::stdout().as_fd().try_clone_to_owned().map_err(closed_or(&what))?;
                 let mut f = File::from(fd);
                 let base = f.stream_position().unwrap_or(0);
-                Ok(Sink::File { w: PcmWriter::new(f, format), created: None, base, what })
+                Ok(Sink::File { w: PcmWriter::new(f, format), pending: None, base, what })
             }
             Output::Play => {
                 let kind = player::find()?;
                 if kind.reads_stdin() {
                     Ok(Sink::Pipe { kind, running: None })
                 } else {
-                    let path = std::env::temp_dir().join(format!("ttsctl-{}.wav", std::process::id()));
-                    let f = File::create(&path)
-                        .map_err(|source| SayError::Output { what: path.display().to_string(), source })?;
-                    Ok(Sink::Later { kind, w: PcmWriter::new(f, Format::Wav), path })
+                    // A fresh name, created exclusively: never someone's
+                    // file or link in the shared temporary directory.
+                    let dir = std::env::temp_dir();
+                    let (f, temp) = TempFile::create(&dir, "ttsctl-", 0o600)
+                        .map_err(|source| SayError::Output { what: dir.display().to_string(), source })?;
+                    Ok(Sink::Later { kind, w: PcmWriter::new(f, Format::Wav), temp })
                 }
             }
         }
@@ -117,7 +124,9 @@ impl Sink {
     fn write(&mut self, rate: u32, samples: &[i16]) -> Result<(), SayError> {
         match self {
             Sink::File { w, what, .. } => w.write(rate, samples).map_err(closed_or(what)),
-            Sink::Later { w, path, .. } => w.write(rate, samples).map_err(closed_or(&path.display().to_string())),
+            Sink::Later { w, temp, .. } => {
+                w.write(rate, samples).map_err(closed_or(&temp.path().display().to_string()))
+            }
             Sink::Pipe { kind, running } => {
                 if running.is_none() {
                     let (p, stdin) = Player::start(*kind, rate)?;
@@ -132,11 +141,14 @@ impl Sink {
     /// The request succeeded: complete the output.
     fn finish(self) -> Result<(), SayError> {
         match self {
-            Sink::File { w, base, what, .. } => {
+            Sink::File { w, pending, base, what } => {
                 let wav = w.sample_rate().is_some();
                 let (mut f, bytes) = w.finish().map_err(closed_or(&what))?;
                 if wav {
                     patch_at(&mut f, base, bytes).map_err(closed_or(&what))?;
+                }
+                if let Some((temp, target)) = pending {
+                    temp.persist(f, &target).map_err(|source| SayError::Output { what, source })?;
                 }
                 Ok(())
             }
@@ -149,34 +161,35 @@ impl Sink {
                 }
                 None => Ok(()),
             },
-            Sink::Later { kind, w, path } => {
-                let (mut f, bytes) = w.finish().map_err(closed_or(&path.display().to_string()))?;
-                patch_at(&mut f, 0, bytes).map_err(closed_or(&path.display().to_string()))?;
+            Sink::Later { kind, w, temp } => {
+                let what = temp.path().display().to_string();
+                let (mut f, bytes) = w.finish().map_err(closed_or(&what))?;
+                patch_at(&mut f, 0, bytes).map_err(closed_or(&what))?;
                 drop(f);
-                let r = player::play_file(kind, &path);
-                let _ = std::fs::remove_file(&path);
+                let r = player::play_file(kind, temp.path());
+                drop(temp);
                 Ok(r?)
             }
         }
     }
 
-    /// The request failed: remove what we created, stop the player.
+    /// The request failed: drop our temporary file (never the output file
+    /// itself, which is still as it was), stop the player.
     fn abort(self) {
         match self {
-            Sink::File { created: Some(path), w, .. } => {
+            Sink::File { w, pending, .. } => {
                 drop(w);
-                let _ = std::fs::remove_file(path);
+                drop(pending);
             }
-            Sink::File { .. } => {}
             Sink::Pipe { running, .. } => {
                 if let Some((p, w)) = running {
                     drop(w);
                     let _ = p.wait();
                 }
             }
-            Sink::Later { w, path, .. } => {
+            Sink::Later { w, temp, .. } => {
                 drop(w);
-                let _ = std::fs::remove_file(path);
+                drop(temp);
             }
         }
     }
