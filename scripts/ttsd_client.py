@@ -7,14 +7,20 @@ Usage:
         [--voice NAME] [--speaker N] [--seed N] [--timeout-ms N]
     python3 scripts/ttsd_client.py [--socket PATH] status      # JSON
     python3 scripts/ttsd_client.py [--socket PATH] health
+    (any of them: [--allow-server-uid UID]...)
 
 The socket is --socket, else $TTSD_SOCKET, else $XDG_RUNTIME_DIR/ttsd.sock,
 else /tmp/ttsd-$UID/ttsd.sock. Exit codes: 0 ok, 1 request failed (health:
-not ready), 2 daemon unreachable, 64 usage.
+not ready), 2 daemon unreachable (or refused as unsafe: nothing was sent),
+64 usage.
 
-say writes the WAV to a temporary file beside the output and renames it into
-place only once the request has succeeded, so a failure leaves an existing
-file as it was.
+Who is trusted, as ttsctl does: on the default path its directory must be a
+real directory of your own that nobody else can write to, and the server
+(asked with SO_PEERCRED) must run as your own uid; on a path you name, as your
+uid or root. --allow-server-uid UID (or TTSD_ALLOW_SERVER_UID=UID,...) trusts
+another uid. say writes the WAV to a temporary file beside the output and
+renames it into place only once the request has succeeded, so a failure
+leaves an existing file as it was.
 
 Wire format: every frame is a u32 little-endian payload length, then the
 payload in bincode 2's serde encoding with little-endian fixed-width
@@ -59,6 +65,10 @@ class TtsdError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class Refused(Exception):
+    """The socket or its server is not trusted; nothing was sent."""
 
 
 # --- encoding -------------------------------------------------------------
@@ -184,11 +194,83 @@ def decode_reply(payload):
 
 # --- connection -----------------------------------------------------------
 
+# --- who to trust ---------------------------------------------------------
+
+class Trust:
+    """Which server uids to accept: on the default path only our own; on a
+    named path our own or root; plus `allowed` either way."""
+
+    def __init__(self, default_path=False, allowed=()):
+        self.own_uid = os.geteuid()
+        self.default_path = default_path
+        self.allowed = list(allowed)
+
+    def accepts(self, uid):
+        return (uid == self.own_uid or (uid == 0 and not self.default_path)
+                or uid in self.allowed)
+
+    def describe(self):
+        if self.default_path:
+            s = (f"on the default path only a ttsd of your own uid "
+                 f"({self.own_uid}) is trusted")
+        else:
+            s = f"only a ttsd of your own uid ({self.own_uid}) or root is trusted"
+        if self.allowed:
+            s += f" (and uids {', '.join(map(str, self.allowed))} as allowed)"
+        return s
+
+
+def peer_uid(sock):
+    """The uid of the process serving `sock` (from when it listened)."""
+    if hasattr(socket, "SO_PEERCRED"):
+        fmt = "=iII"   # struct ucred: pid, uid, gid
+        data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                               struct.calcsize(fmt))
+        return struct.unpack(fmt, data)[1]
+    # macOS and the BSDs: LOCAL_PEERCRED (level SOL_LOCAL = 0, option 1)
+    # gives a struct xucred: u_int version, uid_t uid, ...
+    data = sock.getsockopt(0, 1, 76)
+    return struct.unpack_from("=II", data)[1]
+
+
+def check_default_dir(path, follow):
+    """The default socket's directory must be ours: a real directory (the
+    /tmp fallback is not followed if it is a link), owned by us, writable by
+    nobody else. A missing one passes: connecting then says "not running"."""
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise Refused(f"{path} is a symbolic link, not a directory (another "
+                      "user may have planted it): remove it, or name the "
+                      "socket with --socket")
+    if not stat.S_ISDIR(st.st_mode):
+        raise Refused(f"{path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise Refused(f"{path} is owned by uid {st.st_uid}, not by uid "
+                      f"{os.geteuid()}: another user may control it (remove "
+                      "it as root, or name the socket with --socket)")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise Refused(f"{path} has mode {mode:04o}, but the default socket's "
+                      "directory must not be writable by anyone else")
+
+
 class Connection:
-    def __init__(self, path, timeout=60.0):
+    def __init__(self, path, timeout=60.0, trust=None):
+        """Connect to `path`, check the server's uid against `trust`
+        (default: a named path's, our uid or root), do the handshake."""
+        trust = trust or Trust()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(path)
+        uid = peer_uid(self.sock)
+        if not trust.accepts(uid):
+            self.sock.close()
+            raise Refused(f"it is served by uid {uid}, and {trust.describe()} "
+                          f"(if you trust uid {uid}, pass --allow-server-uid "
+                          f"{uid} or set TTSD_ALLOW_SERVER_UID={uid})")
         self.send(hello())
         r = self.recv()
         if r["type"] == "error":
@@ -246,12 +328,32 @@ class Connection:
         self.sock.close()
 
 
-def default_socket():
+def socket_target(explicit=None):
+    """(path, default_dir, follow): default_dir is None for a named path
+    (--socket, $TTSD_SOCKET); follow: whether a link there is followed
+    ($XDG_RUNTIME_DIR is the user's own setting; /tmp/ttsd-$UID is not)."""
+    if explicit:
+        return explicit, None, False
     if os.environ.get("TTSD_SOCKET"):
-        return os.environ["TTSD_SOCKET"]
+        return os.environ["TTSD_SOCKET"], None, False
     if os.environ.get("XDG_RUNTIME_DIR"):
-        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "ttsd.sock")
-    return f"/tmp/ttsd-{os.getuid()}/ttsd.sock"
+        d = os.environ["XDG_RUNTIME_DIR"]
+        return os.path.join(d, "ttsd.sock"), d, True
+    d = f"/tmp/ttsd-{os.getuid()}"
+    return os.path.join(d, "ttsd.sock"), d, False
+
+
+def default_socket():
+    return socket_target()[0]
+
+
+def connect(explicit=None, allowed=(), timeout=60.0):
+    """Connect as ttsctl does: check the default path's directory, then the
+    server's uid. Raises Refused before sending anything."""
+    path, default_dir, follow = socket_target(explicit)
+    if default_dir is not None:
+        check_default_dir(default_dir, follow)
+    return Connection(path, timeout, Trust(default_dir is not None, allowed))
 
 
 class Output:
@@ -347,6 +449,8 @@ def say_to_wav(conn, text, path, **opts):
 def main(argv=None):
     p = argparse.ArgumentParser(description="ttsd client (Python stdlib only)")
     p.add_argument("--socket", default=None, help="ttsd's socket")
+    p.add_argument("--allow-server-uid", type=int, action="append", default=[],
+                   metavar="UID", help="also trust a ttsd running as UID")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("say", help="speak TEXT into a WAV file")
     s.add_argument("text")
@@ -361,9 +465,21 @@ def main(argv=None):
         args = p.parse_args(argv)
     except SystemExit as e:
         return 0 if e.code == 0 else 64
-    path = args.socket or default_socket()
+    path = socket_target(args.socket)[0]
+    allowed = list(args.allow_server_uid)
     try:
-        conn = Connection(path)
+        allowed += [int(u) for u in
+                    os.environ.get("TTSD_ALLOW_SERVER_UID", "").split(",") if u.strip()]
+    except ValueError:
+        print("ttsd_client: TTSD_ALLOW_SERVER_UID must be uids separated by commas",
+              file=sys.stderr)
+        return 64
+    try:
+        conn = connect(args.socket, allowed)
+    except Refused as e:
+        print(f"ttsd_client: refusing ttsd at {path}: {e}; nothing was sent",
+              file=sys.stderr)
+        return 2
     except (FileNotFoundError, ConnectionRefusedError):
         print(f"ttsd_client: ttsd is not running at {path} (start it with "
               "`./scripts/run` or `systemctl --user start ttsd`)", file=sys.stderr)

@@ -8,6 +8,8 @@
 //! - [`engine`]: voices, phonemizer and the VITS model on MLX.
 //! - [`client`]: the library client used by `ttsctl`, tests and the stress
 //!   harness. [`config`]: `daemon.toml`. [`log`]: one-line stderr logging.
+//! - [`runtime_dir`]: the socket's default directory and the checks that it
+//!   is ours, shared by the daemon and the clients.
 //! - [`mlx_info`], [`synth_cli`], [`bench`]: `ttsd --version`, `ttsd synth`,
 //!   `ttsd-bench`.
 pub mod bench;
@@ -17,6 +19,7 @@ pub mod engine;
 pub mod log;
 pub mod mlx_info;
 pub mod protocol;
+pub mod runtime_dir;
 pub mod supervisor;
 pub mod synth_cli;
 pub mod worker;

@@ -5,11 +5,10 @@
 //! output, and a reader that closes it early ends ttsctl quietly.
 use clap::Parser;
 use std::io::{self, IsTerminal, Write};
-use std::path::Path;
 use std::process::ExitCode;
 use ttsd::client::cli::{Cli, Command, Output, Stdio, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use ttsd::client::say::{self, SayError};
-use ttsd::client::{self, hint, metrics, outfile, table, Client};
+use ttsd::client::{self, hint, metrics, outfile, table, Client, Target};
 use ttsd::protocol::HealthState;
 
 fn main() -> ExitCode {
@@ -22,8 +21,8 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let socket = client::socket_path(cli.socket.as_deref());
-    ExitCode::from(run(cli.command, &socket))
+    let target = client::target(cli.socket.as_deref(), cli.allow_server_uid);
+    ExitCode::from(run(cli.command, &target))
 }
 
 /// Ctrl-C (or SIGTERM, SIGHUP) while `say` writes a file: remove our
@@ -49,16 +48,16 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> u8 {
     code
 }
 
-fn connect(socket: &Path) -> Result<Client, u8> {
-    let mut c = Client::connect_as(socket, "ttsctl").map_err(|e| explain(&e, socket))?;
+fn connect(target: &Target) -> Result<Client, u8> {
+    let mut c = Client::connect_to(target, "ttsctl").map_err(|e| explain(&e, target))?;
     // Status, health and voices are answered within milliseconds by a live
     // daemon, even with every worker busy.
     let _ = c.set_timeout(Some(std::time::Duration::from_secs(10)));
     Ok(c)
 }
 
-fn explain(e: &client::ClientError, socket: &Path) -> u8 {
-    let f = hint::explain(e, socket);
+fn explain(e: &client::ClientError, target: &Target) -> u8 {
+    let f = hint::explain(e, &target.path);
     fail(f.exit, f.message)
 }
 
@@ -78,7 +77,7 @@ fn json(v: &impl serde::Serialize) -> String {
     s
 }
 
-fn run(command: Command, socket: &Path) -> u8 {
+fn run(command: Command, target: &Target) -> u8 {
     match command {
         Command::Say(args) => {
             let stdin = io::stdin();
@@ -99,7 +98,7 @@ fn run(command: Command, socket: &Path) -> u8 {
             }
             let (quiet, output) = (plan.quiet, plan.output.clone());
             remove_temp_files_on_signals();
-            let mut c = match connect(socket) {
+            let mut c = match connect(target) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -127,12 +126,12 @@ fn run(command: Command, socket: &Path) -> u8 {
                     EXIT_OK
                 }
                 Err(SayError::Closed) => EXIT_OK,
-                Err(SayError::Client(e)) => explain(&e, socket),
+                Err(SayError::Client(e)) => explain(&e, target),
                 Err(e) => fail(EXIT_FAILED, e),
             }
         }
         Command::Health => {
-            let mut c = match connect(socket) {
+            let mut c = match connect(target) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -149,22 +148,22 @@ fn run(command: Command, socket: &Path) -> u8 {
                         EXIT_FAILED
                     }
                 }
-                Err(e) => explain(&e, socket),
+                Err(e) => explain(&e, target),
             }
         }
         Command::Status { json: as_json } => {
-            let mut c = match connect(socket) {
+            let mut c = match connect(target) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             match c.status() {
                 Ok(s) if as_json => print(&json(&s)),
                 Ok(s) => print(&table::status(&s)),
-                Err(e) => explain(&e, socket),
+                Err(e) => explain(&e, target),
             }
         }
         Command::Voices { json: as_json } => {
-            let mut c = match connect(socket) {
+            let mut c = match connect(target) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -173,17 +172,17 @@ fn run(command: Command, socket: &Path) -> u8 {
                     print(&json(&serde_json::json!({ "default_voice": default_voice, "voices": voices })))
                 }
                 Ok((default_voice, voices)) => print(&table::voices(&voices, Some(&default_voice))),
-                Err(e) => explain(&e, socket),
+                Err(e) => explain(&e, target),
             }
         }
         Command::Metrics => {
-            let mut c = match connect(socket) {
+            let mut c = match connect(target) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             match c.status() {
                 Ok(s) => print(&metrics::render(&s)),
-                Err(e) => explain(&e, socket),
+                Err(e) => explain(&e, target),
             }
         }
     }

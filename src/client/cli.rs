@@ -31,7 +31,11 @@ Exit codes:
   64  usage error
 
 The socket is --socket PATH, else $TTSD_SOCKET, else $XDG_RUNTIME_DIR/ttsd.sock,
-else /tmp/ttsd-$UID/ttsd.sock.";
+else /tmp/ttsd-$UID/ttsd.sock. On that default path ttsctl first checks that
+the directory is yours (a real directory nobody else can write to) and then
+talks only to a ttsd running as your own uid; on a path you name, to your uid
+or root. --allow-server-uid UID (or TTSD_ALLOW_SERVER_UID=UID,...) trusts
+another uid's daemon. A refused socket exits 2 without sending anything.";
 
 const SAY_FOOTER: &str = "\
 Output: -o FILE writes a WAV file; -o - writes to stdout (a WAV whose header is
@@ -66,6 +70,10 @@ pub struct Cli {
     /// ttsd's socket.
     #[arg(long, env = "TTSD_SOCKET", global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Also trust a ttsd running as this uid (repeat, or comma-separate in
+    /// the variable); by default only your own uid, or root on a named path.
+    #[arg(long, env = "TTSD_ALLOW_SERVER_UID", global = true, value_name = "UID", value_delimiter = ',')]
+    pub allow_server_uid: Vec<u32>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -46,6 +46,15 @@ pub fn explain(e: &ClientError, socket: &Path) -> Failure {
             }
             _ => unreachable(format!("cannot connect to ttsd at {at}: {source} ({START_HINT})")),
         },
+        ClientError::UnsafeDir { source, .. } => unreachable(format!(
+            "refusing the default socket {at}: {source}; nothing was sent (the default socket's directory must \
+             be a real directory of your own that nobody else can write to)"
+        )),
+        ClientError::UntrustedServer { uid, trust, .. } => unreachable(format!(
+            "refusing ttsd at {at}: it is served by uid {uid}, and {}; nothing was sent (if you trust uid {uid}, \
+             pass --allow-server-uid {uid} or set TTSD_ALLOW_SERVER_UID={uid})",
+            trust.describe()
+        )),
         ClientError::Frame(FrameError::Io(io)) if matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
             unreachable(format!(
                 "ttsd at {at} did not answer in time (it may be hung: check its log, e.g. \

@@ -1,8 +1,11 @@
 //! The library client: a blocking connection to ttsd that speaks the
 //! protocol of PROTOCOL.md. Used by ttsctl and the integration tests.
 //!
-//! Owns one connection and its request ids. It is meant for one request at
-//! a time per connection (open more connections for concurrency, or use
+//! Owns one connection and its request ids, and the checks made before
+//! anything is sent: the default socket's directory must be ours
+//! ([`crate::runtime_dir`]) and the server's uid, from SO_PEERCRED, one we
+//! trust ([`ServerTrust`]). It is meant for one request at a time per
+//! connection (open more connections for concurrency, or use
 //! [`Client::send`] / [`Client::recv`] directly to pipeline). It never
 //! retries or reconnects on its own.
 pub mod cli;
@@ -19,6 +22,7 @@ pub mod wav;
 use crate::protocol::{
     self, ErrorCode, FrameError, HealthState, Reply, Request, StatusReply, SynthRequest, VoiceStatus, PROTOCOL_VERSION,
 };
+use crate::runtime_dir::{self, DefaultDir, DirError};
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -32,6 +36,12 @@ pub const MAX_REPLY_FRAME: usize = protocol::frame::HARD_MAX_FRAME_BYTES;
 pub enum ClientError {
     #[error("cannot connect to ttsd at {path}: {source}")]
     Connect { path: PathBuf, source: io::Error },
+    /// The default socket's directory is not safely ours: nothing was sent.
+    #[error("refusing the default socket {socket}: {source}")]
+    UnsafeDir { socket: PathBuf, source: DirError },
+    /// The server at the socket runs as a uid we do not trust: nothing was sent.
+    #[error("refusing ttsd at {path}: it is served by uid {uid}, and {}", trust.describe())]
+    UntrustedServer { path: PathBuf, uid: u32, trust: ServerTrust },
     #[error("{0}")]
     Frame(#[from] FrameError),
     #[error("ttsd closed the connection")]
@@ -64,6 +74,86 @@ pub struct Done {
     pub retried: bool,
 }
 
+/// Which server uids a client accepts, judged from SO_PEERCRED right after
+/// connecting and before anything is sent.
+///
+/// On the default path (nobody named it) only a server of our own uid: that
+/// path is where another user would plant a fake. On a path named with
+/// `--socket` or `TTSD_SOCKET`, our own uid or root (a system daemon). And
+/// always the uids named with `--allow-server-uid` / `TTSD_ALLOW_SERVER_UID`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTrust {
+    pub own_uid: u32,
+    /// The path is the default one.
+    pub default_path: bool,
+    /// Further uids the user chose to trust.
+    pub allowed: Vec<u32>,
+}
+
+impl ServerTrust {
+    /// Trust for a path someone named: our uid, root, and `allowed`.
+    pub fn named(allowed: Vec<u32>) -> Self {
+        Self { own_uid: nix::unistd::geteuid().as_raw(), default_path: false, allowed }
+    }
+
+    pub fn accepts(&self, uid: u32) -> bool {
+        uid == self.own_uid || (uid == 0 && !self.default_path) || self.allowed.contains(&uid)
+    }
+
+    /// What would have been accepted, for messages.
+    pub fn describe(&self) -> String {
+        let mut s = if self.default_path {
+            format!("on the default path only a ttsd of your own uid ({}) is trusted", self.own_uid)
+        } else {
+            format!("only a ttsd of your own uid ({}) or root is trusted", self.own_uid)
+        };
+        if !self.allowed.is_empty() {
+            let list: Vec<String> = self.allowed.iter().map(u32::to_string).collect();
+            s.push_str(&format!(" (and uids {} as allowed)", list.join(", ")));
+        }
+        s
+    }
+}
+
+/// Where to connect, and whom to trust there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub path: PathBuf,
+    /// Set when the path is the default one: its directory is checked first.
+    pub default_dir: Option<DefaultDir>,
+    pub trust: ServerTrust,
+}
+
+/// `explicit`, else `$TTSD_SOCKET` (both named by the user), else the default
+/// path; `allowed` server uids are trusted beyond the defaults.
+pub fn target(explicit: Option<&Path>, allowed: Vec<u32>) -> Target {
+    let named = explicit.map(Path::to_path_buf).or_else(|| match std::env::var_os("TTSD_SOCKET") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => None,
+    });
+    match named {
+        Some(path) => Target { path, default_dir: None, trust: ServerTrust::named(allowed) },
+        None => {
+            let dir = runtime_dir::default_dir();
+            let trust = ServerTrust { default_path: true, ..ServerTrust::named(allowed) };
+            Target { path: dir.socket(), default_dir: Some(dir), trust }
+        }
+    }
+}
+
+/// The uid of the process that serves `stream` (from when it listened).
+pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        Ok(getsockopt(stream, PeerCredentials)?.uid())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        Ok(nix::unistd::getpeereid(stream)?.0.as_raw())
+    }
+}
+
 pub struct Client {
     stream: UnixStream,
     server: String,
@@ -71,14 +161,30 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect and do the handshake.
+    /// Connect to a path the caller named and do the handshake (a server of
+    /// our own uid or root is trusted).
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
         Self::connect_as(path, "ttsd-client")
     }
 
     pub fn connect_as(path: &Path, client_name: &str) -> Result<Self, ClientError> {
-        let stream =
-            UnixStream::connect(path).map_err(|e| ClientError::Connect { path: path.to_path_buf(), source: e })?;
+        let target = Target { path: path.to_path_buf(), default_dir: None, trust: ServerTrust::named(Vec::new()) };
+        Self::connect_to(&target, client_name)
+    }
+
+    /// Check the target (its directory when it is the default path, then
+    /// the server's uid), then do the handshake.
+    pub fn connect_to(target: &Target, client_name: &str) -> Result<Self, ClientError> {
+        let path = &target.path;
+        if let Some(dir) = &target.default_dir {
+            runtime_dir::check_for_client(dir)
+                .map_err(|source| ClientError::UnsafeDir { socket: path.clone(), source })?;
+        }
+        let stream = UnixStream::connect(path).map_err(|e| ClientError::Connect { path: path.clone(), source: e })?;
+        let uid = peer_uid(&stream).map_err(|e| ClientError::Connect { path: path.clone(), source: e })?;
+        if !target.trust.accepts(uid) {
+            return Err(ClientError::UntrustedServer { path: path.clone(), uid, trust: target.trust.clone() });
+        }
         let mut c = Self { stream, server: String::new(), next_id: 1 };
         if let Err(e) = c.send(&Request::Hello { version: PROTOCOL_VERSION, client: client_name.to_string() }) {
             // A refused peer is told why and closed, maybe before our Hello
@@ -201,11 +307,45 @@ impl Client {
 
 /// `explicit`, else `$TTSD_SOCKET`, else the daemon's default path.
 pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
-    if let Some(p) = explicit {
-        return p.to_path_buf();
+    target(explicit, Vec::new()).path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_path_trusts_only_our_own_uid() {
+        let t = ServerTrust { own_uid: 1000, default_path: true, allowed: vec![] };
+        assert!(t.accepts(1000));
+        assert!(!t.accepts(0), "root is not who serves our default path");
+        assert!(!t.accepts(1001));
+        let t = ServerTrust { default_path: true, allowed: vec![0], ..t };
+        assert!(t.accepts(0), "unless allowed");
     }
-    match std::env::var_os("TTSD_SOCKET") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => crate::config::default_socket_path(),
+
+    #[test]
+    fn a_named_path_trusts_our_uid_root_and_the_allowed() {
+        let t = ServerTrust { own_uid: 1000, default_path: false, allowed: vec![1002] };
+        assert!(t.accepts(1000) && t.accepts(0) && t.accepts(1002));
+        assert!(!t.accepts(1001));
+        assert!(t.describe().contains("1002"), "{}", t.describe());
+    }
+
+    #[test]
+    fn client_refuses_socket_of_other_uid() {
+        // A server that is us, seen through a trust that excludes us.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        // Another uid's view: on the default path neither we nor root pass.
+        let trust = ServerTrust { own_uid: if me == 1 { 2 } else { 1 }, default_path: true, allowed: vec![] };
+        let target = Target { path, default_dir: None, trust };
+        match Client::connect_to(&target, "t") {
+            Err(ClientError::UntrustedServer { uid, .. }) => assert_eq!(uid, me),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a server of uid {me} was trusted"),
+        }
     }
 }

@@ -243,12 +243,10 @@ impl Config {
 }
 
 /// `$XDG_RUNTIME_DIR/ttsd.sock`, else `/tmp/ttsd-$UID/ttsd.sock` (the
-/// daemon creates that directory with mode 0700).
+/// daemon creates that directory with mode 0700 and checks it; see
+/// [`crate::runtime_dir`]).
 pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d).join("ttsd.sock"),
-        _ => PathBuf::from(format!("/tmp/ttsd-{}", nix::unistd::getuid().as_raw())).join("ttsd.sock"),
-    }
+    crate::runtime_dir::default_socket_path()
 }
 
 #[cfg(test)]

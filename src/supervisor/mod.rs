@@ -22,7 +22,7 @@ pub mod validate;
 use crate::config::{Config, Overrides};
 use crate::protocol::ErrorCode;
 use arbiter::{Arbiter, Event};
-use socket::{PeerPolicy, SocketError, SocketFile};
+use socket::{PeerPolicy, SocketError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -95,7 +95,8 @@ async fn serve(
         Some(a) => (a.listener, None, a.path.unwrap_or_else(|| PathBuf::from("(socket activation)"))),
         None => {
             let path = cfg.socket_path();
-            (socket::bind(&path, &cfg.socket_group)?, Some(SocketFile::new(&path)), path)
+            let bound = socket::bind(&path, &cfg.socket_group)?;
+            (bound.listener, Some(bound.file), path)
         }
     };
     std_listener.set_nonblocking(true).map_err(SupervisorError::Runtime)?;
@@ -106,11 +107,7 @@ async fn serve(
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let (flushed_tx, mut flushed_rx) = mpsc::channel::<()>(1);
     let connections = Arc::new(AtomicUsize::new(0));
-    let policy = PeerPolicy {
-        own_uid: nix::unistd::getuid().as_raw(),
-        uids: cfg.allowed_uids.clone(),
-        gids: cfg.allowed_gids.clone(),
-    };
+    let policy = PeerPolicy::from_config(&cfg)?;
     let max_connections = cfg.max_connections;
     let limits = conn::Limits {
         max_frame: cfg.max_frame_bytes,
