@@ -9,6 +9,9 @@ pub enum EngineError {
     InvalidInput(String),
     #[error("unknown voice '{0}'")]
     UnknownVoice(String),
+    /// A configured voice that failed to load (`reason`). Maps to `unavailable`.
+    #[error("voice '{voice}' is unavailable: {reason}")]
+    VoiceUnavailable { voice: String, reason: String },
     /// The voice files are missing, truncated or do not fit the model.
     #[error("cannot load voice {path}: {reason}")]
     VoiceLoad { path: String, reason: String },

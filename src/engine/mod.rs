@@ -7,14 +7,19 @@
 //!
 //! Layout: `voice_config` (the `.onnx.json`), `onnx` + `weights` (the `.onnx`
 //! initializers, named by the module that consumes them, cached as
-//! safetensors), `phonemize` (espeak-ng), `vits` (the model), `voice` (one
-//! loaded voice: config + model + synthesis loop), `cpu` (BLAS kernels and
-//! the MLX streams independent tiles are spread over).
+//! safetensors), `files` (size-capped reads of voice files), `phonemize`
+//! (espeak-ng), `split` (long sentences cut to a bounded length), `vits`
+//! (the model), `voice` (one loaded voice: config + model + synthesis loop),
+//! `sanitize` (error text fit for clients), `cpu` (BLAS kernels and the MLX
+//! streams independent tiles are spread over).
 
 pub mod cpu;
 pub mod error;
+pub mod files;
 pub mod onnx;
 pub mod phonemize;
+pub mod sanitize;
+pub mod split;
 pub mod voice;
 pub mod voice_config;
 pub mod vits;
@@ -33,7 +38,8 @@ pub enum SynthInput {
     /// Plain text: phonemized with espeak-ng, one chunk per sentence.
     Text(String),
     /// Phoneme ids as the voice's `phoneme_id_map` gives them (BOS/pad/EOS
-    /// included), spoken as one sentence.
+    /// included), spoken as one sentence, or as several when longer than
+    /// [`split::MAX_SENTENCE_IDS`].
     PhonemeIds(Vec<i64>),
 }
 

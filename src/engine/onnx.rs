@@ -112,10 +112,11 @@ pub fn parse_model(path: &Path, bytes: impl Into<prost::bytes::Bytes>) -> Result
 
 /// Read the ONNX file at `path` and return its graph.
 pub fn read_model(path: &Path) -> Result<GraphProto, EngineError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        let what = match e.kind() {
-            std::io::ErrorKind::NotFound => "the ONNX file does not exist".to_string(),
-            _ => format!("cannot read the ONNX file: {e}"),
+    use super::files::{read_capped, ReadError, MAX_MODEL_BYTES};
+    let bytes = read_capped(path, MAX_MODEL_BYTES).map_err(|e| {
+        let what = match e {
+            ReadError::NotFound => "the ONNX file does not exist".to_string(),
+            e => format!("cannot read the ONNX file: {e}"),
         };
         load_err(path, what)
     })?;
@@ -180,6 +181,12 @@ mod tests {
     fn missing_file_is_an_error() {
         let r = reason(read_model(Path::new("/nonexistent/dir/voice.onnx")).unwrap_err());
         assert!(r.contains("does not exist"), "{r}");
+    }
+
+    #[test]
+    fn a_device_is_refused_without_reading_it() {
+        let r = reason(read_model(Path::new("/dev/zero")).unwrap_err());
+        assert!(r.contains("character device, not a regular file"), "{r}");
     }
 
     #[test]

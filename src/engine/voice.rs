@@ -9,6 +9,7 @@ use std::time::Instant;
 use mlx_rs::Array;
 
 use super::phonemize::phonemes_to_ids;
+use super::split::{split_ids, IdKinds, MAX_SENTENCE_IDS};
 use super::vits::{ops::to_vec, Vits};
 use super::voice_config::VoiceConfig;
 use super::weights::Weights;
@@ -46,6 +47,8 @@ pub struct Voice {
     info: VoiceInfo,
     config: VoiceConfig,
     model: Vits,
+    /// The ids long sentences are cut at.
+    kinds: IdKinds,
 }
 
 fn load_error(path: &Path, e: EngineError) -> EngineError {
@@ -94,7 +97,8 @@ impl Voice {
             num_speakers: cfg.n_speakers as u32,
             num_symbols: cfg.n_vocab as u32,
         };
-        Ok(Self { info, config, model })
+        let kinds = IdKinds::from_map(&config.phoneme_id_map);
+        Ok(Self { info, config, model, kinds })
     }
 
     pub fn info(&self) -> &VoiceInfo {
@@ -143,12 +147,15 @@ impl Voice {
         Ok(())
     }
 
-    /// Turns the input into one phoneme-id list per sentence.
+    /// Turns the input into one phoneme-id list per sentence, each at most
+    /// [`MAX_SENTENCE_IDS`] long (longer ones are cut at pauses or words,
+    /// see [`super::split`]), so that no model call grows without bound.
     pub fn sentences(&self, phonemizer: Option<&mut Phonemizer>, input: &SynthInput) -> Result<Vec<Vec<i64>>, EngineError> {
+        let bounded = |ids: Vec<Vec<i64>>| ids.iter().flat_map(|s| split_ids(s, &self.kinds, MAX_SENTENCE_IDS)).collect();
         match input {
             SynthInput::PhonemeIds(ids) => {
                 self.check_ids(ids)?;
-                Ok(vec![ids.clone()])
+                Ok(bounded(vec![ids.clone()]))
             }
             SynthInput::Text(text) => {
                 if text.trim().is_empty() {
@@ -164,7 +171,7 @@ impl Voice {
                 if ids.is_empty() {
                     return Err(EngineError::InvalidInput("text has nothing to speak".into()));
                 }
-                Ok(ids)
+                Ok(bounded(ids))
             }
         }
     }
@@ -275,4 +282,51 @@ fn random_seed() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     nanos ^ (std::process::id() as u64).rotate_left(32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundled() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("voices/en_US-joe-medium.onnx")
+    }
+
+    /// Issue 15: a voice path to /dev/zero was read until allocation failed.
+    #[test]
+    fn voice_path_to_dev_zero_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let onnx = dir.path().join("zero.onnx");
+        std::os::unix::fs::symlink("/dev/zero", &onnx).unwrap();
+        std::fs::copy(VoiceConfig::json_path_for(&bundled()), VoiceConfig::json_path_for(&onnx)).unwrap();
+        match Voice::load("zero", &onnx) {
+            Err(EngineError::VoiceLoad { reason, .. }) => {
+                assert!(reason.contains("character device, not a regular file"), "{reason}")
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("/dev/zero loaded as a voice"),
+        }
+    }
+
+    #[test]
+    fn long_phoneme_id_input_is_cut_into_bounded_sentences() {
+        let _mlx = crate::mlx_test_lock();
+        let voice = Voice::load("joe", &bundled()).unwrap();
+        let map = &voice.config().phoneme_id_map;
+        let clause = "wˈʌn, tˈuː, θɹˈiː, fˈɔːɹ, ";
+        let ids = phonemes_to_ids(&clause.repeat(60), map);
+        assert!(ids.len() > 3 * MAX_SENTENCE_IDS);
+        let sentences = voice.sentences(None, &SynthInput::PhonemeIds(ids.clone())).unwrap();
+        assert!(sentences.len() >= 4, "{} sentences", sentences.len());
+        let (bos, eos, comma) = (map["^"][0], map["$"][0], map[","][0]);
+        for s in &sentences {
+            assert!(s.len() <= MAX_SENTENCE_IDS, "{} ids", s.len());
+            assert_eq!((s[0], *s.last().unwrap()), (bos, eos));
+            // Cut after a comma (the trailing space dropped): ", pad, EOS".
+            assert_eq!(s[s.len() - 3], comma, "{s:?}");
+        }
+        // Short input is passed on as it is.
+        let short = phonemes_to_ids(clause, map);
+        assert_eq!(voice.sentences(None, &SynthInput::PhonemeIds(short.clone())).unwrap(), vec![short]);
+    }
 }

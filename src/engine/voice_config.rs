@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::files::{read_capped, ReadError, MAX_CONFIG_BYTES};
+use super::voice::{MAX_LENGTH_SCALE, MAX_NOISE};
 use super::EngineError;
+
+/// Sample rates accepted in `audio.sample_rate` (Hz): what audio devices
+/// and WAV readers handle; Piper's voices use 16000 and 22050.
+pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 8_000..=192_000;
 
 #[derive(Debug, Clone)]
 pub struct VoiceConfig {
@@ -81,13 +87,14 @@ impl VoiceConfig {
 
     /// Read and validate a voice config file.
     pub fn load(json_path: &Path) -> Result<VoiceConfig, EngineError> {
-        let text = std::fs::read_to_string(json_path).map_err(|e| {
-            let reason = match e.kind() {
-                std::io::ErrorKind::NotFound => "the voice config (.onnx.json) does not exist".to_string(),
-                _ => format!("cannot read the voice config: {e}"),
+        let bytes = read_capped(json_path, MAX_CONFIG_BYTES).map_err(|e| {
+            let reason = match e {
+                ReadError::NotFound => "the voice config (.onnx.json) does not exist".to_string(),
+                e => format!("cannot read the voice config: {e}"),
             };
             err(json_path, reason)
         })?;
+        let text = String::from_utf8(bytes).map_err(|_| err(json_path, "the voice config is not UTF-8 text"))?;
         Self::parse(json_path, &text)
     }
 
@@ -99,8 +106,11 @@ impl VoiceConfig {
 
         let audio = raw.audio.unwrap_or(RawAudio { sample_rate: None, quality: None });
         let sample_rate = match audio.sample_rate {
-            Some(r) if r > 0 => r,
-            Some(r) => return bad(format!("audio.sample_rate must be positive, not {r}")),
+            Some(r) if SAMPLE_RATES.contains(&r) => r,
+            Some(r) => {
+                let (lo, hi) = (SAMPLE_RATES.start(), SAMPLE_RATES.end());
+                return bad(format!("audio.sample_rate must be between {lo} and {hi} Hz, not {r}"));
+            }
             None => return bad("missing audio.sample_rate".into()),
         };
         let phoneme_type = raw.phoneme_type.unwrap_or_else(|| "espeak".into());
@@ -142,12 +152,15 @@ impl VoiceConfig {
         let noise_scale = inf.noise_scale.unwrap_or(0.667);
         let length_scale = inf.length_scale.unwrap_or(1.0);
         let noise_w = inf.noise_w.unwrap_or(0.8);
-        if !(length_scale.is_finite() && length_scale > 0.0) {
-            return bad(format!("inference.length_scale must be positive, not {length_scale}"));
+        // The same ranges a request's own scales are held to: a default
+        // outside them would make every request fail as if the client
+        // had asked for it.
+        if !(length_scale.is_finite() && length_scale > 0.0 && length_scale <= MAX_LENGTH_SCALE) {
+            return bad(format!("inference.length_scale must be a number in (0, {MAX_LENGTH_SCALE}], not {length_scale:?}"));
         }
         for (k, v) in [("noise_scale", noise_scale), ("noise_w", noise_w)] {
-            if !(v.is_finite() && v >= 0.0) {
-                return bad(format!("inference.{k} must be a non-negative number, not {v}"));
+            if !(v.is_finite() && (0.0..=MAX_NOISE).contains(&v)) {
+                return bad(format!("inference.{k} must be a number in [0, {MAX_NOISE}], not {v:?}"));
             }
         }
 
@@ -271,7 +284,7 @@ mod tests {
     fn invalid_contents_are_clear_errors() {
         let cases = [
             (r#"{"espeak": {"voice": "en"}, "phoneme_id_map": {}}"#, "missing audio.sample_rate"),
-            (r#"{"audio": {"sample_rate": 0}}"#, "must be positive"),
+            (r#"{"audio": {"sample_rate": 0}}"#, "audio.sample_rate must be between 8000 and 192000 Hz, not 0"),
             (r#"{"audio": {"sample_rate": 22050}, "phoneme_id_map": {}}"#, "missing espeak.voice"),
             (r#"[1, 2]"#, "not valid JSON"),
             (r#"{"audio": {"sample_rate": "fast"}}"#, "not valid JSON"),
@@ -285,10 +298,53 @@ mod tests {
         let out_of_range = MINIMAL.replacen('{', r#"{"num_symbols": 3, "#, 1);
         assert!(reason(parse(&out_of_range).unwrap_err()).contains("phoneme 'a' has id 3, outside 0..3"));
         let bad_scale = MINIMAL.replacen('{', r#"{"inference": {"length_scale": 0}, "#, 1);
-        assert!(reason(parse(&bad_scale).unwrap_err()).contains("length_scale must be positive"));
+        assert!(reason(parse(&bad_scale).unwrap_err()).contains("inference.length_scale must be a number in (0, 20]"));
         let text_type = r#"{"audio": {"sample_rate": 22050}, "phoneme_type": "text",
             "phoneme_id_map": {"_": [0], "^": [1], "$": [2]}}"#;
         let c = parse(text_type).unwrap();
         assert_eq!((c.espeak_voice.as_str(), c.language.as_str()), ("", ""));
+    }
+
+    /// Issue 15: these loaded as "loaded", then every request failed with a
+    /// `bad_request` blaming the client, or (sample_rate) the WAV header's
+    /// byte rate wrapped.
+    #[test]
+    fn voice_config_out_of_range_names_the_field() {
+        let cases = [
+            (r#""inference": {"length_scale": 25}"#, "inference.length_scale must be a number in (0, 20], not 25"),
+            (r#""inference": {"length_scale": -1}"#, "inference.length_scale"),
+            (r#""inference": {"noise_scale": 1e30}"#, "inference.noise_scale must be a number in [0, 10], not 1e30"),
+            (r#""inference": {"noise_w": 11}"#, "inference.noise_w must be a number in [0, 10], not 11"),
+            (r#""inference": {"noise_w": -0.5}"#, "inference.noise_w"),
+        ];
+        for (field, want) in cases {
+            let text = MINIMAL.replacen('{', &format!("{{{field}, "), 1);
+            let r = reason(parse(&text).unwrap_err());
+            assert!(r.contains(want), "{field}: {r}");
+        }
+        for rate in ["4294967295", "7999", "192001", "1"] {
+            let text = MINIMAL.replace("16000", rate);
+            let r = reason(parse(&text).unwrap_err());
+            assert!(r.contains(&format!("audio.sample_rate must be between 8000 and 192000 Hz, not {rate}")), "{r}");
+        }
+        // The ends of the ranges are fine.
+        let edge = MINIMAL.replace("16000", "192000").replacen(
+            '{',
+            r#"{"inference": {"length_scale": 20, "noise_scale": 10, "noise_w": 0}, "#,
+            1,
+        );
+        let c = parse(&edge).unwrap();
+        assert_eq!((c.sample_rate, c.length_scale, c.noise_scale, c.noise_w), (192000, 20.0, 10.0, 0.0));
+    }
+
+    #[test]
+    fn oversized_and_special_config_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.onnx.json");
+        std::fs::write(&big, " ".repeat(MAX_CONFIG_BYTES as usize + 1)).unwrap();
+        let r = reason(VoiceConfig::load(&big).unwrap_err());
+        assert!(r.contains("more than the 1048576 allowed"), "{r}");
+        let r = reason(VoiceConfig::load(Path::new("/dev/zero")).unwrap_err());
+        assert!(r.contains("not a regular file"), "{r}");
     }
 }

@@ -48,8 +48,11 @@ pub enum ToWorker {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
-    Ready { voices: Vec<(String, VoiceDesc)> },
-    /// A voice failed to load; the worker exits with `EXIT_LOAD_FAILED` next.
+    /// Loaded and serving `voices`; the voices in `failed` (name, reason)
+    /// did not load and are not served by this worker.
+    Ready { voices: Vec<(String, VoiceDesc)>, failed: Vec<(String, String)> },
+    /// No voice loaded: one of these per voice, then the worker exits with
+    /// `EXIT_LOAD_FAILED`.
     LoadFailed { voice: String, reason: String },
     Heartbeat { rss_bytes: u64 },
     Chunk { job: u64, sample_rate: u32, samples: Vec<i16> },

@@ -282,6 +282,15 @@ impl Arbiter {
         if self.degraded() {
             return p.fail(ErrorCode::Unavailable, self.degraded_reason(), None);
         }
+        // --- issue 15 (engine/worker): a voice that failed to load answers
+        // `unavailable` with its reason; the other voices keep serving.
+        if let Some(v) = self.voices.iter().find(|v| v.name == p.voice && v.info.is_none()) {
+            if let Some(reason) = &v.error {
+                let msg = format!("voice '{}' is unavailable: {reason}", v.name);
+                return p.fail(ErrorCode::Unavailable, msg, None);
+            }
+        }
+        // --- end issue 15
         let per_conn = self.cfg.max_requests_per_connection;
         if active >= per_conn {
             let msg = format!(
@@ -361,7 +370,7 @@ impl Arbiter {
         w.last_heard = now;
         let mut retire_why = None;
         match msg {
-            FromWorker::Ready { voices } => {
+            FromWorker::Ready { voices, failed } => {
                 if w.phase == Phase::Starting {
                     w.phase = Phase::Ready;
                 }
@@ -377,6 +386,17 @@ impl Arbiter {
                         v.error = None;
                     }
                 }
+                // --- issue 15 (engine/worker): one bad voice degrades only itself.
+                // A voice this worker could not load is `failed` with its reason;
+                // requests for it are answered `unavailable` (see `submit`).
+                for (name, reason) in failed {
+                    if let Some(v) = self.voices.iter_mut().find(|v| v.name == name) {
+                        crate::logln!("ttsd: voice '{name}' is unavailable: {reason}");
+                        v.info = None;
+                        v.error = Some(reason);
+                    }
+                }
+                // --- end issue 15
                 self.load_failures = 0;
                 self.last_failure = None;
             }
@@ -450,8 +470,22 @@ impl Arbiter {
             if planned { " (as asked)" } else { "" }
         );
         if let Some(Running { pending, .. }) = w.job.take() {
+            // --- issue 15 (engine/worker): the retry rule. A death that points
+            // at the request (a crash signal the worker raised itself, a panic:
+            // pool::death_points_at_job) is not retried, so that one bad input
+            // costs one worker, not two; kills from outside still are.
+            let suspect = pool::death_points_at_job(&status);
+            // --- end issue 15
             if let Some((code, why)) = w.killed.clone() {
                 pending.fail(code, why, Some(w.as_ref()));
+            } else if suspect && !pending.audio_sent && !pending.retried {
+                let why = format!(
+                    "worker {} died ({how}) while running this request; no retry: a crash inside the worker \
+                     is most likely caused by the request itself",
+                    w.pid
+                );
+                crate::logln!("ttsd: {why} (request {})", pending.id());
+                pending.fail(ErrorCode::WorkerCrashed, why, Some(w.as_ref()));
             } else if !pending.audio_sent && !pending.retried && self.shutdown.is_none() {
                 let mut pending = pending;
                 crate::logln!("ttsd: worker {} died ({how}) before sending audio; retrying request {}", w.pid, pending.id());

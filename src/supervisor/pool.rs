@@ -226,3 +226,42 @@ pub fn describe_exit(status: &ExitStatus) -> String {
         status.to_string()
     }
 }
+
+// --- issue 15 (engine/worker): the retry rule's evidence.
+/// Whether a worker's death points at the job it was running, so that
+/// running the job again would most likely kill another worker: a signal
+/// the worker raised on itself (a memory fault, an abort from a failed
+/// allocation or assertion, an illegal instruction, a CPU-time limit) or a
+/// Rust panic (exit code 101). A kill from outside (SIGKILL, SIGTERM: an
+/// operator, the kernel's OOM killer choosing among all processes) or any
+/// other exit says nothing about the job.
+pub fn death_points_at_job(status: &ExitStatus) -> bool {
+    use nix::sys::signal::Signal::*;
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal() {
+        return matches!(
+            nix::sys::signal::Signal::try_from(sig),
+            Ok(SIGSEGV | SIGBUS | SIGABRT | SIGILL | SIGFPE | SIGSYS | SIGTRAP | SIGXCPU)
+        );
+    }
+    status.code() == Some(101)
+}
+
+#[cfg(test)]
+mod death_tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn crash_signals_and_panics_point_at_the_job_kills_do_not() {
+        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGABRT, libc::SIGILL, libc::SIGFPE] {
+            assert!(death_points_at_job(&ExitStatus::from_raw(sig)), "signal {sig}");
+        }
+        assert!(death_points_at_job(&ExitStatus::from_raw(101 << 8)), "a panic");
+        for sig in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT] {
+            assert!(!death_points_at_job(&ExitStatus::from_raw(sig)), "signal {sig}");
+        }
+        assert!(!death_points_at_job(&ExitStatus::from_raw(4 << 8)), "exit code 4");
+    }
+}
+// --- end issue 15

@@ -10,7 +10,7 @@ pub mod alarm;
 pub mod channel;
 mod fault;
 
-use crate::engine::{Chunk, Engine, EngineError, SynthInput, SynthParams, VoiceInfo};
+use crate::engine::{sanitize, Chunk, Engine, EngineError, SynthInput, SynthParams, VoiceInfo};
 use crate::protocol::worker::{FromWorker, Job, ToWorker, EXIT_CHANNEL, EXIT_LOAD_FAILED};
 use crate::protocol::{ErrorCode, Input, VoiceDesc};
 use alarm::Alarm;
@@ -65,19 +65,26 @@ pub fn run() -> i32 {
     };
     crate::engine::cpu::set_threads(crate::engine::cpu::threads_from_env());
     let mut engine = Engine::new();
+    // A voice that does not load is left out and reported; the others serve.
+    let mut failed: Vec<(String, String)> = Vec::new();
     for v in &voices {
         assert_main_thread();
         if let Err(e) = engine.load_voice(&v.name, Path::new(&v.path)) {
             wlog!("cannot load voice '{}': {e}", v.name);
-            let _ = chan.send(&FromWorker::LoadFailed { voice: v.name.clone(), reason: e.to_string() });
-            return EXIT_LOAD_FAILED;
+            failed.push((v.name.clone(), e.to_string()));
         }
+    }
+    if engine.voices().next().is_none() && !voices.is_empty() {
+        for (voice, reason) in failed {
+            let _ = chan.send(&FromWorker::LoadFailed { voice, reason });
+        }
+        return EXIT_LOAD_FAILED;
     }
     if let Err(e) = engine.warm_up() {
         wlog!("warm-up synthesis failed (serving anyway): {e}");
     }
     let ready = engine.voices().map(|i| (i.name.clone(), describe(i))).collect();
-    if chan.send(&FromWorker::Ready { voices: ready }).is_err() {
+    if chan.send(&FromWorker::Ready { voices: ready, failed: failed.clone() }).is_err() {
         return EXIT_CHANNEL;
     }
     let mut last_beat = Instant::now();
@@ -92,7 +99,7 @@ pub fn run() -> i32 {
         match chan.recv_timeout(wait) {
             Ok(None) | Ok(Some(ToWorker::Cancel { .. })) => {}
             Ok(Some(ToWorker::Job(job))) => {
-                match run_job(&mut engine, &chan, &alarm, &job, heartbeat) {
+                match run_job(&mut engine, &failed, &chan, &alarm, &job, heartbeat) {
                     Ok(JobEnd::Continue) => {}
                     Ok(JobEnd::Stop) => return 0,
                     Err(e) => {
@@ -123,7 +130,14 @@ enum JobEnd {
     Stop,
 }
 
-fn run_job(engine: &mut Engine, chan: &Channel, alarm: &Alarm, job: &Job, heartbeat: Duration) -> Result<JobEnd, ChannelError> {
+fn run_job(
+    engine: &mut Engine,
+    failed: &[(String, String)],
+    chan: &Channel,
+    alarm: &Alarm,
+    job: &Job,
+    heartbeat: Duration,
+) -> Result<JobEnd, ChannelError> {
     let cancel = Cell::new(false);
     let stop = Cell::new(false);
     let broken = Cell::new(false);
@@ -158,6 +172,9 @@ fn run_job(engine: &mut Engine, chan: &Channel, alarm: &Alarm, job: &Job, heartb
         cancel.get()
     };
     let result = fault::apply(job.fault, &cancelled).and_then(|()| {
+        if let Some((_, reason)) = failed.iter().find(|(name, _)| *name == job.voice) {
+            return Err(EngineError::VoiceUnavailable { voice: job.voice.clone(), reason: reason.clone() });
+        }
         let input = match &job.input {
             Input::Text(t) => SynthInput::Text(t.clone()),
             Input::PhonemeIds(ids) => SynthInput::PhonemeIds(ids.clone()),
@@ -194,6 +211,10 @@ fn run_job(engine: &mut Engine, chan: &Channel, alarm: &Alarm, job: &Job, heartb
         },
         Err(e) => {
             let (code, message) = error_code(&e, timed_out, job.remaining_ms);
+            if code == ErrorCode::Internal {
+                // The client gets the message without build paths; the log keeps all of it.
+                wlog!("job {} failed: {e}", job.job);
+            }
             FromWorker::JobFailed { job: job.job, code, message }
         }
     };
@@ -202,14 +223,16 @@ fn run_job(engine: &mut Engine, chan: &Channel, alarm: &Alarm, job: &Job, heartb
     Ok(if stop.get() { JobEnd::Stop } else { JobEnd::Continue })
 }
 
-/// The protocol error for an engine error.
+/// The protocol error for an engine error, and the message the client
+/// sees: internal errors without build paths ([`sanitize::for_client`]).
 fn error_code(e: &EngineError, timed_out: bool, budget_ms: u64) -> (ErrorCode, String) {
     match e {
         EngineError::Cancelled if timed_out => (ErrorCode::Timeout, format!("deadline passed ({budget_ms} ms left at dispatch)")),
         EngineError::Cancelled => (ErrorCode::Cancelled, "cancelled".into()),
         EngineError::InvalidInput(_) => (ErrorCode::BadRequest, e.to_string()),
         EngineError::UnknownVoice(_) => (ErrorCode::UnknownVoice, e.to_string()),
-        _ => (ErrorCode::Internal, e.to_string()),
+        EngineError::VoiceUnavailable { .. } => (ErrorCode::Unavailable, e.to_string()),
+        _ => (ErrorCode::Internal, sanitize::for_client(&e.to_string())),
     }
 }
 
@@ -249,6 +272,14 @@ mod tests {
         assert_eq!(error_code(&EngineError::InvalidInput("x".into()), false, 0).0, ErrorCode::BadRequest);
         assert_eq!(error_code(&EngineError::UnknownVoice("x".into()), false, 0).0, ErrorCode::UnknownVoice);
         assert_eq!(error_code(&EngineError::Mlx("x".into()), false, 0).0, ErrorCode::Internal);
+        let unavailable = EngineError::VoiceUnavailable { voice: "v".into(), reason: "bad json".into() };
+        assert_eq!(error_code(&unavailable, false, 0), (ErrorCode::Unavailable, "voice 'v' is unavailable: bad json".into()));
+    }
+
+    #[test]
+    fn internal_errors_reach_the_client_without_build_paths() {
+        let e = EngineError::Mlx("\"[flatten] too big\" at /root/.cargo/registry/src/x/mlx-rs-0.33.0/src/ops.rs:9:5".into());
+        assert_eq!(error_code(&e, false, 0), (ErrorCode::Internal, "mlx: \"[flatten] too big\"".into()));
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl Vits {
         let Sampling { length_scale, noise_scale, noise_w, seed } = sampling;
         let key = mlx_rs::random::key(seed)?;
         let (k_dur, k_prior) = mlx_rs::random::split(&key, 2)?;
-        let enc = self.enc_p.forward(ids)?; // evaluated
+        let enc = self.enc_p.forward_checked(ids, cancelled)?; // evaluated
         check(cancelled)?;
         // What each frame's prior is sampled from, per phoneme, taken per
         // frame in one gather below: [m_p | noise_scale * exp(logs_p)]

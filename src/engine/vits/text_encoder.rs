@@ -6,7 +6,7 @@
 //! `m_p`, `logs_p` `[L, C]` (C = inter channels, H = hidden channels).
 use mlx_rs::{ops, Array};
 
-use super::ops::{array, cols, eval_tiles, queue, relu, rows, scale, Conv1d, LayerNorm, Result};
+use super::ops::{array, check, cols, eval_tiles, queue, relu, rows, scale, Cancelled, Conv1d, LayerNorm, Result};
 use super::{math, VitsConfig};
 use crate::engine::cpu;
 use crate::engine::weights::Weights;
@@ -60,11 +60,17 @@ impl TextEncoder {
     /// each layer over the lanes; shorter ones run whole, their GEMMs on
     /// BLAS threads.
     pub fn forward(&self, ids: &[i64]) -> Result<Encoded> {
+        self.forward_checked(ids, &|| false)
+    }
+
+    /// [`TextEncoder::forward`], polling `cancelled` between layers.
+    pub fn forward_checked(&self, ids: &[i64], cancelled: Cancelled) -> Result<Encoded> {
         let lanes = cpu::lanes();
         let split = lanes > 1 && ids.len() >= MIN_ROWS_FOR_LANES;
         let run = || -> Result<Encoded> {
-            let enc = self.build(ids, if split { lanes } else { 1 })?;
+            let enc = self.build(ids, if split { lanes } else { 1 }, cancelled)?;
             mlx_rs::transforms::eval([&enc.hidden, &enc.m_p, &enc.logs_p])?;
+            check(cancelled)?;
             Ok(enc)
         };
         if split {
@@ -74,21 +80,27 @@ impl TextEncoder {
         }
     }
 
-    /// The encoder's graph, each layer spread over `lanes` when more than one.
-    fn build(&self, ids: &[i64], lanes: usize) -> Result<Encoded> {
+    /// The encoder's graph, each layer spread over `lanes` when more than
+    /// one. Polls `cancelled` once a layer has run: each layer is queued as
+    /// it is built and the one before it waited for, so the poll follows
+    /// the work while the next layer still overlaps the current one.
+    fn build(&self, ids: &[i64], lanes: usize, cancelled: Cancelled) -> Result<Encoded> {
         let idx: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         let idx = Array::from_slice(&idx, &[idx.len() as i32]);
         let mut x = scale(&self.emb.take_axis(&idx, 0)?, (self.hidden as f32).sqrt())?;
         for layer in &self.layers {
+            check(cancelled)?;
             if lanes > 1 {
-                x = layer.forward_on_lanes(&x, lanes)?;
+                x = layer.forward_on_lanes(&x, lanes, cancelled)?;
                 continue;
             }
+            let before = x.clone();
             let y = layer.attn.forward(&x)?;
             x = layer.norm_1.forward(&ops::add(&x, &y)?)?;
             let y = layer.ffn.forward(&x)?;
             x = layer.norm_2.forward(&ops::add(&x, &y)?)?;
             queue(&x)?; // runs while the next layer is built
+            before.eval()?; // the previous layer is done: the poll above is current
         }
         let stats = self.proj.forward(&x)?; // [L, 2C]
         let c = self.inter as i32;
@@ -108,14 +120,14 @@ impl EncoderLayer {
     /// feed-forward network on row ranges (row-local but for the FFN's
     /// convolutions, which read their neighbours: each range computes a
     /// margin of extra rows). Equal to the one-lane computation.
-    fn forward_on_lanes(&self, x: &Array, lanes: usize) -> Result<Array> {
+    fn forward_on_lanes(&self, x: &Array, lanes: usize, cancelled: Cancelled) -> Result<Array> {
         let heads = self.attn.n_heads as usize;
-        let per_head = eval_tiles(heads, &|| false, |h| self.attn.head(x, h as i32))?; // each [L, d_k]
+        let per_head = eval_tiles(heads, cancelled, |h| self.attn.head(x, h as i32))?; // each [L, d_k]
         let attended = ops::concatenate(&per_head, 1)?; // [L, H]
         let l = x.shape()[0] as usize;
         let margin = self.ffn.radius();
         let piece = l.div_ceil(lanes);
-        let parts = eval_tiles(l.div_ceil(piece), &|| false, |i| {
+        let parts = eval_tiles(l.div_ceil(piece), cancelled, |i| {
             let (a, b) = (i * piece, ((i + 1) * piece).min(l));
             let (lo, hi) = (a.saturating_sub(margin), (b + margin).min(l));
             let y = self.attn.conv_o.forward(&rows(&attended, lo as i32, hi as i32)?)?;
