@@ -129,6 +129,12 @@ impl CouplingLayer {
 /// were the limit before BLAS threads).
 const WINDOW_RADII: usize = 7;
 
+/// Most frames one window covers (about 48 s of audio at 22.05 kHz): a
+/// sentence slowed down by `length_scale` runs in more windows than lanes,
+/// so the flow's memory does not grow with its length (whole, 34k frames
+/// took over a gigabyte). Sentences of ordinary length never reach it.
+const MAX_WINDOW_FRAMES: usize = 4096;
+
 pub struct Flow {
     layers: Vec<CouplingLayer>, // flows.0, flows.2, ... (Flip between them)
 }
@@ -149,15 +155,17 @@ impl Flow {
     }
 
     /// Reverse: (Flip, coupling) for the layers last to first. Sequences
-    /// long enough run in windows side by side on the lanes, queued, not
+    /// long enough run in windows side by side on the lanes (and in more
+    /// windows than lanes beyond [`MAX_WINDOW_FRAMES`] each), queued, not
     /// waited for. Shorter ones (where the windows' overlap would cost more
     /// than the second lane gives) run whole, each GEMM on all the lanes'
     /// cores through BLAS threads, each layer evaluated and `cancelled`
     /// polled after it.
     pub fn reverse(&self, z_p: &Array, g: Option<&Array>, cancelled: Cancelled) -> Result<Array> {
         let t = z_p.shape()[0] as usize;
-        let (n, r) = (cpu::lanes(), self.radius());
-        if n == 1 || t < WINDOW_RADII * r * n {
+        let (lanes, r) = (cpu::lanes(), self.radius());
+        let whole = lanes == 1 || t < WINDOW_RADII * r * lanes;
+        if whole && t <= MAX_WINDOW_FRAMES {
             return cpu::with_blas_threads(|| {
                 let mut x = z_p.clone();
                 for layer in self.layers.iter().rev() {
@@ -168,7 +176,9 @@ impl Flow {
                 self.unflip(x)
             });
         }
-        // Windows with the receptive field on each side, one per lane.
+        // Windows with the receptive field on each side, one per lane, or
+        // more when that would make them too long.
+        let n = if whole { 1 } else { lanes }.max(t.div_ceil(MAX_WINDOW_FRAMES));
         let piece = t.div_ceil(n);
         let spans: Vec<(usize, usize, usize)> = (0..n)
             .map(|i| {

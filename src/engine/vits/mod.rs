@@ -526,6 +526,25 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_longer_than_its_windows_equals_the_plain_definition() {
+        let _mlx = crate::mlx_test_lock();
+        let t: i32 = 9000; // three windows on one lane, three on two
+        let zs: Vec<f32> = (0..t * 4).map(|i| ((i * 29 % 17) as f32 - 8.0) / 5.0).collect();
+        let z = Array::from_slice(&zs, &[t, 4]);
+        let model = Vits::load(tiny_voice(3)).unwrap();
+        let g = model.speaker(2).unwrap().unwrap();
+        let want = ops::to_vec(&plain_flow(&mut tiny_voice(3), 4, &z, &g)).unwrap();
+        for lanes in [1, 2] {
+            crate::engine::cpu::set_threads(lanes);
+            let got = ops::to_vec(&model.flow.reverse(&z, Some(&g), &|| false).unwrap()).unwrap();
+            assert_eq!(got.len(), want.len());
+            let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(d < 1e-5, "{lanes} lane(s): max |difference| {d}");
+        }
+        crate::engine::cpu::set_threads(1);
+    }
+
+    #[test]
     fn decoder_equals_the_plain_definition_on_one_and_two_lanes() {
         let _mlx = crate::mlx_test_lock();
         let model = Vits::load(tiny_voice(3)).unwrap();
