@@ -329,4 +329,28 @@ mod tests {
         let short = phonemes_to_ids(clause, map);
         assert_eq!(voice.sentences(None, &SynthInput::PhonemeIds(short.clone())).unwrap(), vec![short]);
     }
+
+    /// Issue 15: the encoder ran all its layers without a cancel point.
+    #[test]
+    fn text_encoder_polls_cancel_between_layers() {
+        let _mlx = crate::mlx_test_lock();
+        let voice = Voice::load("joe", &bundled()).unwrap();
+        let ids = phonemes_to_ids(&"wˈʌn, tˈuː, ".repeat(20), &voice.config().phoneme_id_map);
+        let polls = std::cell::Cell::new(0);
+        let count = || {
+            polls.set(polls.get() + 1);
+            false
+        };
+        voice.model().enc_p.forward_checked(&ids, &count).unwrap();
+        let layers = voice.model().config.n_layers;
+        assert!(polls.get() > layers, "{} polls for {layers} layers", polls.get());
+        // Raised during the second layer: the encoder stops there.
+        polls.set(0);
+        let raised = || {
+            polls.set(polls.get() + 1);
+            polls.get() > 2
+        };
+        assert!(matches!(voice.model().enc_p.forward_checked(&ids, &raised), Err(EngineError::Cancelled)));
+        assert_eq!(polls.get(), 3, "stopped at the first poll after the flag went up");
+    }
 }
