@@ -1,6 +1,8 @@
 //! Typed engine errors: callers (the worker) map them to protocol error codes.
 use thiserror::Error;
 
+use crate::protocol::limits::ParamError;
+
 #[derive(Debug, Error)]
 pub enum EngineError {
     /// The request itself is wrong (empty text, speaker out of range, bad scale,
@@ -27,6 +29,13 @@ pub enum EngineError {
     /// The chunk consumer failed (for example the supervisor went away).
     #[error("output: {0}")]
     Output(String),
+}
+
+/// A parameter outside the protocol's limits is the request's fault.
+impl From<ParamError> for EngineError {
+    fn from(e: ParamError) -> Self {
+        EngineError::InvalidInput(e.to_string())
+    }
 }
 
 impl From<mlx_rs::error::Exception> for EngineError {

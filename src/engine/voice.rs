@@ -14,6 +14,7 @@ use super::vits::{ops::to_vec, Vits};
 use super::voice_config::VoiceConfig;
 use super::weights::Weights;
 use super::*;
+use crate::protocol::limits;
 
 /// What clients see of a voice.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -26,11 +27,6 @@ pub struct VoiceInfo {
     /// Phoneme ids must be below this.
     pub num_symbols: u32,
 }
-
-/// Largest `length_scale` accepted (20x slower than the voice's pace).
-pub const MAX_LENGTH_SCALE: f32 = 20.0;
-/// Largest `noise_scale` / `noise_w` accepted (Piper's defaults are < 1).
-pub const MAX_NOISE: f32 = 10.0;
 
 /// Frames in the first chunk of a streamed sentence (small, for a quick
 /// first chunk: the flow and the decoder run on just these frames and their
@@ -115,23 +111,8 @@ impl Voice {
 
     /// Rejects parameters the model cannot use, with a message naming them.
     pub fn check_params(&self, p: &SynthParams) -> Result<(), EngineError> {
-        if !p.length_scale.is_finite() || p.length_scale <= 0.0 || p.length_scale > MAX_LENGTH_SCALE {
-            return Err(EngineError::InvalidInput(format!(
-                "length_scale must be a number in (0, {MAX_LENGTH_SCALE}], got {}",
-                p.length_scale
-            )));
-        }
-        for (what, v) in [("noise_scale", p.noise_scale), ("noise_w", p.noise_w)] {
-            if !v.is_finite() || !(0.0..=MAX_NOISE).contains(&v) {
-                return Err(EngineError::InvalidInput(format!("{what} must be a number in [0, {MAX_NOISE}], got {v}")));
-            }
-        }
-        if p.speaker as usize >= self.model.config.n_speakers {
-            return Err(EngineError::InvalidInput(format!(
-                "speaker {} out of range: voice '{}' has {} speaker(s)",
-                p.speaker, self.info.name, self.model.config.n_speakers
-            )));
-        }
+        limits::check_params(Some(p.length_scale), Some(p.noise_scale), Some(p.noise_w))?;
+        limits::check_speaker(p.speaker, self.info.num_speakers, &self.info.name)?;
         Ok(())
     }
 

@@ -11,12 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::files::{read_capped, ReadError, MAX_CONFIG_BYTES};
-use super::voice::{MAX_LENGTH_SCALE, MAX_NOISE};
 use super::EngineError;
-
-/// Sample rates accepted in `audio.sample_rate` (Hz): what audio devices
-/// and WAV readers handle; Piper's voices use 16000 and 22050.
-pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 8_000..=192_000;
+use crate::protocol::limits::{self, ParamError, SAMPLE_RATES};
 
 #[derive(Debug, Clone)]
 pub struct VoiceConfig {
@@ -155,13 +151,10 @@ impl VoiceConfig {
         // The same ranges a request's own scales are held to: a default
         // outside them would make every request fail as if the client
         // had asked for it.
-        if !(length_scale.is_finite() && length_scale > 0.0 && length_scale <= MAX_LENGTH_SCALE) {
-            return bad(format!("inference.length_scale must be a number in (0, {MAX_LENGTH_SCALE}], not {length_scale:?}"));
-        }
-        for (k, v) in [("noise_scale", noise_scale), ("noise_w", noise_w)] {
-            if !(v.is_finite() && (0.0..=MAX_NOISE).contains(&v)) {
-                return bad(format!("inference.{k} must be a number in [0, {MAX_NOISE}], not {v:?}"));
-            }
+        match limits::check_params(Some(length_scale), Some(noise_scale), Some(noise_w)) {
+            Ok(()) => {}
+            Err(ParamError::Scale { scale, value }) => return bad(format!("inference.{}, not {value:?}", scale.rule())),
+            Err(other) => return bad(format!("inference: {other}")),
         }
 
         Ok(VoiceConfig {

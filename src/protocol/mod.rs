@@ -1,11 +1,14 @@
 //! The client protocol: message types and their framing (see PROTOCOL.md).
 //!
-//! Owns the wire format between ttsd and its clients, and the internal one
-//! between the supervisor and its workers ([`worker`]). It never does I/O
-//! policy (limits, closing, retries): the supervisor and client decide that.
-//! Changing a type here changes the wire: bump [`PROTOCOL_VERSION`] and
-//! PROTOCOL.md with it. Variant order is the wire tag: append, never reorder.
+//! Owns the wire format between ttsd and its clients, the internal one
+//! between the supervisor and its workers ([`worker`]), and the ranges a
+//! request's parameters must fall in, checked in one place ([`limits`]).
+//! It never does I/O policy (connection limits, closing, retries): the
+//! supervisor and client decide that. Changing a type here changes the
+//! wire: bump [`PROTOCOL_VERSION`] and PROTOCOL.md with it. Variant order is
+//! the wire tag: append, never reorder.
 pub mod frame;
+pub mod limits;
 pub mod worker;
 
 pub use frame::{decode, encode, read_frame, read_frame_async, write_frame, FrameError};

@@ -4,7 +4,7 @@
 //! Pure functions over the request, the limits and what is known of the
 //! voices. Never does I/O, and never echoes more than
 //! [`ECHO_CHARS`](crate::protocol::ECHO_CHARS) characters of client input.
-use crate::protocol::{clip, ErrorCode, Input, SynthRequest, VoiceDesc, ECHO_CHARS};
+use crate::protocol::{clip, limits, ErrorCode, Input, SynthRequest, VoiceDesc, ECHO_CHARS};
 
 /// What the checks need to know of one configured voice.
 pub struct KnownVoice<'a> {
@@ -42,7 +42,7 @@ pub fn check(
             if ids.is_empty() {
                 return bad("phoneme id list is empty".into());
             }
-            if ids.len() > max_text_chars * 4 {
+            if ids.len() > limits::max_phoneme_ids(max_text_chars) {
                 return bad(format!("{} phoneme ids is too many", ids.len()));
             }
             let limit = voice.info.map_or(i64::MAX, |i| i.num_symbols as i64);
@@ -51,25 +51,13 @@ pub fn check(
             }
         }
     }
-    // The engine's bounds (it checks them again): absurd finite values would
-    // expand a sentence without limit.
-    use crate::engine::voice::{MAX_LENGTH_SCALE, MAX_NOISE};
-    if let Some(v) = req.length_scale {
-        if !v.is_finite() || v <= 0.0 || v > MAX_LENGTH_SCALE {
-            return bad(format!("length_scale must be a number in (0, {MAX_LENGTH_SCALE}], got {v}"));
-        }
-    }
-    // 0 is a valid noise scale (deterministic output), as in Piper.
-    for (what, v) in [("noise_scale", req.noise_scale), ("noise_w", req.noise_w)] {
-        if let Some(v) = v {
-            if !v.is_finite() || !(0.0..=MAX_NOISE).contains(&v) {
-                return bad(format!("{what} must be a number in [0, {MAX_NOISE}], got {v}"));
-            }
-        }
+    // The protocol's limits (the engine checks them again).
+    if let Err(e) = limits::check_params(req.length_scale, req.noise_scale, req.noise_w) {
+        return bad(e.to_string());
     }
     if let (Some(s), Some(info)) = (req.speaker, voice.info) {
-        if s >= info.num_speakers.max(1) {
-            return bad(format!("speaker {s} is out of range: voice '{name}' has {} speaker(s)", info.num_speakers.max(1)));
+        if let Err(e) = limits::check_speaker(s, info.num_speakers, name) {
+            return bad(e.to_string());
         }
     }
     if req.timeout_ms == Some(0) {
