@@ -20,6 +20,7 @@ pub mod onnx;
 pub mod phonemize;
 pub mod sanitize;
 pub mod split;
+pub mod thread;
 pub mod voice;
 pub mod voice_config;
 pub mod vits;
@@ -154,7 +155,7 @@ impl Engine {
         cancelled: &dyn Fn() -> bool,
         on_chunk: &mut dyn FnMut(Chunk) -> Result<(), EngineError>,
     ) -> Result<SynthSummary, EngineError> {
-        crate::worker::assert_main_thread();
+        thread::assert_main_thread();
         let v = self
             .voices
             .get_mut(voice)

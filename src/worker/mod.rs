@@ -10,6 +10,7 @@ pub mod alarm;
 pub mod channel;
 mod fault;
 
+use crate::engine::thread::assert_main_thread;
 use crate::engine::{sanitize, Chunk, Engine, EngineError, SynthInput, SynthParams, VoiceInfo};
 use crate::protocol::worker::{FromWorker, Job, ToWorker, EXIT_CHANNEL, EXIT_LOAD_FAILED};
 use crate::protocol::{ErrorCode, Input, VoiceDesc};
@@ -20,16 +21,6 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Panics (in debug builds and tests) unless called on the process's main thread.
-pub fn assert_main_thread() {
-    #[cfg(any(debug_assertions, test, feature = "fault-injection"))]
-    {
-        let tid = nix::unistd::gettid();
-        let pid = nix::unistd::getpid();
-        assert_eq!(tid.as_raw(), pid.as_raw(), "engine called off the main thread");
-    }
-}
 
 macro_rules! wlog {
     ($($a:tt)*) => { crate::logln!("ttsd worker[{}]: {}", std::process::id(), format!($($a)*)) };
