@@ -33,9 +33,9 @@
 //!   reused.
 //!
 //! Never starts a thread of its own (OpenBLAS starts its own, on demand).
-use std::cell::RefCell;
+use mlx_rs::{Device, DeviceType};
 
-use mlx_rs::{Device, DeviceType, Stream};
+use super::lanes;
 
 /// OpenBLAS core names whose SGEMM uses AVX-512.
 const AVX512_CORES: [&str; 3] = ["SkylakeX", "Cooperlake", "SapphireRapids"];
@@ -137,11 +137,6 @@ fn configure_blas() {
     eprintln!("ttsd: could not re-execute with {changes:?} ({err}); keeping OpenBLAS's settings");
 }
 
-thread_local! {
-    /// The MLX CPU streams tiles are spread over; empty means the default stream.
-    static LANES: RefCell<Vec<Stream>> = const { RefCell::new(Vec::new()) };
-}
-
 /// Cores this process's engine should use: `TTSD_THREADS` (set by the
 /// supervisor for its workers), else every core.
 pub fn threads_from_env() -> usize {
@@ -160,23 +155,7 @@ pub fn set_threads(n: usize) {
     let on_cpu = !matches!(Device::default().get_type(), Ok(DeviceType::Gpu));
     let n = if on_cpu { n.clamp(1, 64) } else { 1 };
     set_blas_threads(1);
-    LANES.with_borrow_mut(|lanes| {
-        lanes.clear();
-        if n > 1 {
-            lanes.extend((0..n).map(|_| Stream::new_with_device(&Device::cpu())));
-        }
-    });
-}
-
-/// How many lanes independent work is spread over (at least 1).
-pub fn lanes() -> usize {
-    LANES.with_borrow(|l| l.len().max(1))
-}
-
-/// Runs `f` with lane `i`'s stream as MLX's default (the default stream when
-/// there is one lane).
-pub fn on_lane<T>(i: usize, f: impl FnOnce() -> T) -> T {
-    LANES.with_borrow(|lanes| if lanes.is_empty() { f() } else { mlx_rs::with_stream(&lanes[i % lanes.len()], f) })
+    lanes::open(n);
 }
 
 /// Runs `f` with one BLAS thread per lane, then goes back to one: for a
@@ -192,7 +171,7 @@ pub fn with_blas_threads<T>(f: impl FnOnce() -> T) -> T {
             set_blas_threads(1);
         }
     }
-    let n = lanes();
+    let n = lanes::count();
     if n == 1 {
         return f();
     }
@@ -246,11 +225,8 @@ mod tests {
     fn lanes_follow_set_threads() {
         let _lock = crate::mlx_test_lock();
         set_threads(3);
-        assert_eq!(lanes(), 3);
-        let y = on_lane(1, || mlx_rs::ops::add(mlx_rs::Array::from_f32(1.0), mlx_rs::Array::from_f32(2.0)).unwrap());
-        y.eval().unwrap();
-        assert_eq!(y.item_cast::<f32>(), 3.0);
+        assert_eq!(lanes::count(), 3);
         set_threads(1);
-        assert_eq!(lanes(), 1);
+        assert_eq!(lanes::count(), 1);
     }
 }

@@ -3,6 +3,9 @@ use thiserror::Error;
 
 use crate::protocol::limits::ParamError;
 
+/// The engine's results.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
 #[derive(Debug, Error)]
 pub enum EngineError {
     /// The request itself is wrong (empty text, speaker out of range, bad scale,

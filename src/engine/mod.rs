@@ -13,9 +13,11 @@
 //! `sanitize` (error text fit for clients), `cpu` (BLAS kernels and the MLX
 //! streams independent tiles are spread over).
 
+pub mod cancel;
 pub mod cpu;
 pub mod error;
 pub mod files;
+pub mod lanes;
 pub mod onnx;
 pub mod phonemize;
 pub mod sanitize;

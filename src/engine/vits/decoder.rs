@@ -4,9 +4,12 @@
 //! then `conv_post` and tanh. Weight norm was folded at export.
 use mlx_rs::{ops, Array};
 
-use super::ops::{check, checkpoint, leaky_relu, queue_tiles, rows, Cancelled, Conv1d, ConvTranspose1d, Result};
-use super::{math, VitsConfig};
-use crate::engine::cpu;
+use super::math::{self, leaky_relu};
+use super::ops::{rows, Conv1d, ConvTranspose1d};
+use super::VitsConfig;
+use crate::engine::cancel::{check, Cancelled};
+use crate::engine::error::Result;
+use crate::engine::lanes::{self, checkpoint, queue_tiles};
 use crate::engine::weights::Weights;
 
 const LRELU_SLOPE: f32 = 0.1;
@@ -199,7 +202,7 @@ fn stage(
     let halo_in = (halo_out + p).div_ceil(s) + m + 1;
     // As many tiles as lanes at least, a multiple of them, evenly sized;
     // one when a single lane can take the whole in about one tile.
-    let lanes = cpu::lanes();
+    let lanes = lanes::count();
     let tiles = if lanes == 1 && t <= tile_in + 2 * halo_in { 1 } else { t.div_ceil(tile_in).next_multiple_of(lanes).max(1) };
     let tile_in = t.div_ceil(tiles);
     let starts: Vec<usize> = (0..t).step_by(tile_in).collect();

@@ -9,8 +9,11 @@ use std::f32::consts::FRAC_1_SQRT_2;
 
 use mlx_rs::{ops, Array};
 
-use super::ops::{array, cols, gelu_halved, queue, relu, scale, Conv1d, DepthwiseConv1d, LayerNorm, Result};
+use super::math::{gelu_halved, relu};
+use super::ops::{array, cols, flip_channels, scale, Conv1d, DepthwiseConv1d, LayerNorm};
 use super::VitsConfig;
+use crate::engine::error::Result;
+use crate::engine::lanes::queue;
 use crate::engine::weights::Weights;
 
 const NUM_BINS: i32 = 10;
@@ -221,11 +224,11 @@ impl Sdp {
         let mut z = scale(&mlx_rs::random::normal::<f32>(&[l, 2][..], None, None, key)?, noise_w)?;
         // Flip, ConvFlow(2n-1), ..., Flip, ConvFlow(3), Flip, ElementwiseAffine.
         for flow in &self.flows {
-            z = super::ops::flip_channels(&z)?;
+            z = flip_channels(&z)?;
             z = flow.reverse(&z, &x)?;
             queue(&z)?;
         }
-        z = super::ops::flip_channels(&z)?;
+        z = flip_channels(&z)?;
         z = ops::multiply(&ops::subtract(&z, &self.ea_m)?, &ops::exp(&ops::negative(&self.ea_logs)?)?)?;
         cols(&z, 0, 1)
     }

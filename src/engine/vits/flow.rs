@@ -4,9 +4,13 @@
 //! alternating with channel flips.
 use mlx_rs::{ops, Array};
 
-use super::ops::{check, checkpoint, cols, flip_channels, queue_tiles, rows, Cancelled, Conv1d, Result};
+use super::math;
+use super::ops::{cols, flip_channels, rows, Conv1d};
+use super::VitsConfig;
+use crate::engine::cancel::{check, Cancelled};
 use crate::engine::cpu;
-use super::{math, VitsConfig};
+use crate::engine::error::Result;
+use crate::engine::lanes::{self, checkpoint, queue_tiles};
 use crate::engine::weights::Weights;
 
 /// WaveNet-like stack: `n` gated layers, hidden `H`, optional speaker
@@ -163,7 +167,7 @@ impl Flow {
     /// polled after it.
     pub fn reverse(&self, z_p: &Array, g: Option<&Array>, cancelled: Cancelled) -> Result<Array> {
         let t = z_p.shape()[0] as usize;
-        let (lanes, r) = (cpu::lanes(), self.radius());
+        let (lanes, r) = (lanes::count(), self.radius());
         let whole = lanes == 1 || t < WINDOW_RADII * r * lanes;
         if whole && t <= MAX_WINDOW_FRAMES {
             return cpu::with_blas_threads(|| {

@@ -17,7 +17,7 @@
 //! functions are cheaper, and are used.
 use mlx_rs::{ops, Array};
 
-use super::ops::Result;
+use crate::engine::error::Result;
 
 /// Arrays smaller than this use MLX's scalar `exp` and `tanh` (measured
 /// crossover here: about 6k elements for `tanh`, 8k for `exp`).
@@ -144,6 +144,22 @@ pub fn erf(x: &Array) -> Result<Array> {
     odd_rational(&x, &x2, &P, &Q)
 }
 
+/// Exact (erf) GELU, as PyTorch's default.
+/// `sqrt(2) * gelu(sqrt(2) * v) = v * (1 + erf(v))`: GELU for a caller that
+/// feeds it `x / sqrt(2)` and takes `1 / sqrt(2)` of the result, both folded
+/// into neighbouring layers (three operations instead of five).
+pub fn gelu_halved(v: &Array) -> Result<Array> {
+    Ok(ops::multiply(v, &ops::add(&erf(v)?, c(1.0))?)?)
+}
+
+pub fn leaky_relu(x: &Array, slope: f32) -> Result<Array> {
+    Ok(ops::maximum(x, &ops::multiply(x, c(slope))?)?)
+}
+
+pub fn relu(x: &Array) -> Result<Array> {
+    Ok(ops::maximum(x, c(0.0))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +242,24 @@ mod tests {
             mlx_rs::transforms::eval([&big, &small]).unwrap();
             let d = pick(&big).iter().zip(small.as_slice::<f32>()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             assert!(d < 2e-6, "{name}: polynomial and MLX differ by {d}");
+        }
+    }
+
+    #[test]
+    fn halved_gelu_is_gelu_rescaled() {
+        let _lock = crate::mlx_test_lock();
+        // Both sides of the polynomial/scalar switch.
+        for n in [1000, 3 * SCALAR_BELOW] {
+            let xs: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32 - 0.5) * 12.0).collect();
+            let x = Array::from_slice(&xs, &[n as i32]);
+            let h = c(std::f32::consts::FRAC_1_SQRT_2);
+            let got = ops::multiply(&gelu_halved(&ops::multiply(&x, &h).unwrap()).unwrap(), &h).unwrap();
+            let erf = ops::erf(ops::multiply(&x, &h).unwrap()).unwrap();
+            let want = ops::multiply(ops::multiply(&x, c(0.5)).unwrap(), ops::add(&erf, c(1.0)).unwrap()).unwrap();
+            let diff = ops::subtract(&got, &want).unwrap();
+            diff.eval().unwrap();
+            let d = diff.as_slice::<f32>().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(d < 1e-5, "{n} elements: differs from x * Phi(x) by {d}");
         }
     }
 }

@@ -18,9 +18,10 @@ pub mod text_encoder;
 
 use mlx_rs::Array;
 
-use self::ops::{array, check, Cancelled, Result};
+use self::ops::array;
+use crate::engine::cancel::{check, Cancelled};
+use crate::engine::error::{EngineError, Result};
 use crate::engine::weights::Weights;
-use crate::engine::EngineError;
 
 /// Most decoder frames one sentence may expand to (about 12 minutes of audio
 /// at 22.05 kHz with a hop of 256): bounds memory whatever the durations.
@@ -437,7 +438,8 @@ mod tests {
     /// HiFi-GAN as written in the paper, whole arrays and same padding:
     /// the reference for the decoder's tiled, seeded, scale-folded form.
     fn plain_decoder(ws: &mut Weights, z: &Array, g: &Array) -> Array {
-        use super::ops::{leaky_relu, Conv1d, ConvTranspose1d};
+        use super::math::leaky_relu;
+        use super::ops::{Conv1d, ConvTranspose1d};
         let conv = |ws: &mut Weights, m: &str| Conv1d::load(ws, m).unwrap();
         let mut x = mlx_rs::ops::add(conv(ws, "dec.conv_pre").forward(z).unwrap(), conv(ws, "dec.cond").forward(g).unwrap()).unwrap();
         for i in 0..2 {

@@ -7,32 +7,18 @@
 //! matmuls on shifted rows; a transposed convolution becomes one accumulated
 //! matmul per block of `stride` taps on shifted rows (the overlap-add).
 //! Weights are converted from PyTorch's `[C_out, C_in, K]` layout here, once,
-//! at load time. Layers never evaluate: callers decide when to `eval`, except
-//! that [`eval_tiles`] and [`queue_tiles`] evaluate independent pieces of
-//! work side by side on the engine's lanes.
-use std::cell::RefCell;
-
+//! at load time.
+//!
+//! Owns the layers (convolutions, layer norm) and the array helpers they
+//! share (rows, columns, padding, host copies). A forward pass never
+//! evaluates (only loading does, once per weight): callers decide when, and
+//! [`crate::engine::lanes`] spreads work over the lanes. Activations live in
+//! [`super::math`].
 use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{ops, Array};
 
-use crate::engine::cpu;
+use crate::engine::error::{EngineError, Result};
 use crate::engine::weights::{ConvAttrs, Tensor, Weights};
-use crate::engine::EngineError;
-
-pub type Result<T> = std::result::Result<T, EngineError>;
-
-/// The caller's cancellation flag (a timeout or a gone client), polled
-/// between stages and tiles.
-pub type Cancelled<'a> = &'a dyn Fn() -> bool;
-
-/// `Err(Cancelled)` once the flag is up.
-pub fn check(cancelled: Cancelled) -> Result<()> {
-    if cancelled() {
-        Err(EngineError::Cancelled)
-    } else {
-        Ok(())
-    }
-}
 
 /// An MLX array from a loaded tensor, with its shape.
 pub fn array(t: &Tensor) -> Array {
@@ -536,109 +522,6 @@ impl LayerNorm {
     }
 }
 
-thread_local! {
-    /// Where [`checkpoint`] records arrays while [`eval_tiles`] builds a piece.
-    static CHECKPOINTS: RefCell<Option<Vec<Array>>> = const { RefCell::new(None) };
-}
-
-/// Marks `x` as a point where the piece being built for [`eval_tiles`] may
-/// be evaluated up to, interleaved with the other lanes' pieces. No effect
-/// outside `eval_tiles`.
-pub fn checkpoint(x: &Array) {
-    CHECKPOINTS.with_borrow_mut(|c| {
-        if let Some(c) = c {
-            c.push(x.clone());
-        }
-    });
-}
-
-/// Builds and evaluates `n` independent pieces of work, as many at a time
-/// as there are lanes, piece `i` on lane `i % lanes` so that they run side
-/// by side; polls `cancelled` after each group.
-///
-/// MLX schedules an evaluation depth-first, one output's graph after the
-/// other's, and caps how many tasks it queues ahead, so a group evaluated
-/// in one call would run mostly one lane at a time. Each piece's graph is
-/// therefore evaluated in segments ([`checkpoint`]s), round-robin over the
-/// lanes, so that every lane always has queued work; and the next group is
-/// built and queued before the previous one is waited for, so the lanes do
-/// not idle while this thread builds graphs. At most two groups of one call
-/// are in flight (three across a [`queue_tiles`] call and the next).
-pub fn eval_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Result<Array>) -> Result<Vec<Array>> {
-    let out = queue_tiles(n, cancelled, build)?;
-    mlx_rs::transforms::eval(out.iter())?;
-    check(cancelled)?;
-    Ok(out)
-}
-
-/// Segments of a group queued ahead of the lanes. MLX lets about ten tasks
-/// (some fifty operations) be in flight and otherwise blocks the calling
-/// thread, waking it each time a task completes; with as many lanes as
-/// cores each such wake takes a core from a lane. Waiting here for the
-/// segment this many back keeps the lanes fed and wakes this thread once a
-/// segment instead (74-frame decode on 2 lanes: context switches 326 -> 257,
-/// 4% faster; 1446 frames 263 -> 251 ms).
-const SEGMENTS_AHEAD: usize = 2;
-
-/// [`eval_tiles`] without waiting for the last group: it may still be
-/// running when this returns, so that the caller can queue the work that
-/// reads it (the decoder's next stage) while the lanes finish.
-pub fn queue_tiles(n: usize, cancelled: Cancelled, build: impl Fn(usize) -> Result<Array>) -> Result<Vec<Array>> {
-    let lanes = cpu::lanes();
-    let mut out: Vec<Array> = Vec::with_capacity(n);
-    let mut waited = 0;
-    for first in (0..n).step_by(lanes) {
-        let mut pieces = Vec::with_capacity(lanes);
-        for i in first..(first + lanes).min(n) {
-            CHECKPOINTS.with_borrow_mut(|c| *c = (lanes > 1).then(Vec::new));
-            let built = cpu::on_lane(i - first, || build(i));
-            let marks = CHECKPOINTS.with_borrow_mut(|c| c.take()).unwrap_or_default();
-            pieces.push((built?, marks));
-        }
-        let segments = pieces.iter().map(|(_, m)| m.len()).max().unwrap_or(0);
-        for k in 0..segments {
-            if k >= SEGMENTS_AHEAD {
-                let done: Vec<&Array> = pieces.iter().filter_map(|(_, m)| m.get(k - SEGMENTS_AHEAD)).collect();
-                mlx_rs::transforms::eval(done)?;
-            }
-            let due: Vec<&Array> = pieces.iter().filter_map(|(_, m)| m.get(k)).collect();
-            mlx_rs::transforms::async_eval(due)?;
-        }
-        let group: Vec<Array> = pieces.into_iter().map(|(y, _)| y).collect();
-        mlx_rs::transforms::async_eval(group.iter())?;
-        // Wait for the group before this one (the two run back to back).
-        mlx_rs::transforms::eval(out[waited..].iter())?;
-        waited = out.len();
-        out.extend(group);
-        check(cancelled)?;
-    }
-    Ok(out)
-}
-
-/// Starts evaluating `x` and returns: MLX runs it while this thread builds
-/// what comes next, where a graph built whole and then evaluated leaves the
-/// lanes idle while it is built (duration predictor at 120 ids on 2 lanes:
-/// 7.5-9.0 -> 6.7-7.9 ms when queued per flow).
-pub fn queue(x: &Array) -> Result<()> {
-    Ok(mlx_rs::transforms::async_eval([x])?)
-}
-
-/// Exact (erf) GELU, as PyTorch's default.
-/// `sqrt(2) * gelu(sqrt(2) * v) = v * (1 + erf(v))`: GELU for a caller that
-/// feeds it `x / sqrt(2)` and takes `1 / sqrt(2)` of the result, both folded
-/// into neighbouring layers (three operations instead of five).
-pub fn gelu_halved(v: &Array) -> Result<Array> {
-    Ok(ops::multiply(v, &ops::add(&super::math::erf(v)?, Array::from_f32(1.0))?)?)
-}
-
-pub fn leaky_relu(x: &Array, slope: f32) -> Result<Array> {
-    Ok(ops::maximum(x, &ops::multiply(x, Array::from_f32(slope))?)?)
-}
-
-pub fn relu(x: &Array) -> Result<Array> {
-    Ok(ops::maximum(x, Array::from_f32(0.0))?)
-}
-
 pub fn scale(x: &Array, k: f32) -> Result<Array> {
     Ok(ops::multiply(x, Array::from_f32(k))?)
 }
@@ -750,22 +633,6 @@ mod tests {
                 let got = y[o * c + ch];
                 assert!((got - want).abs() < 1e-5, "row {o} channel {ch}: {got} vs {want}");
             }
-        }
-    }
-
-    #[test]
-    fn halved_gelu_is_gelu_rescaled() {
-        let _mlx = crate::mlx_test_lock();
-        // Both sides of the polynomial/scalar switch in `math`.
-        for n in [1000, 3 * super::super::math::SCALAR_BELOW] {
-            let xs: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32 - 0.5) * 12.0).collect();
-            let x = Array::from_slice(&xs, &[n as i32]);
-            let h = std::f32::consts::FRAC_1_SQRT_2;
-            let got = scale(&gelu_halved(&scale(&x, h).unwrap()).unwrap(), h).unwrap();
-            let erf = ops::erf(scale(&x, h).unwrap()).unwrap();
-            let want = ops::multiply(scale(&x, 0.5).unwrap(), ops::add(&erf, Array::from_f32(1.0)).unwrap()).unwrap();
-            let d = to_vec(&ops::subtract(&got, &want).unwrap()).unwrap().iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            assert!(d < 1e-5, "{n} elements: differs from x * Phi(x) by {d}");
         }
     }
 

@@ -6,9 +6,13 @@
 //! `m_p`, `logs_p` `[L, C]` (C = inter channels, H = hidden channels).
 use mlx_rs::{ops, Array};
 
-use super::ops::{array, check, cols, eval_tiles, queue, relu, rows, scale, Cancelled, Conv1d, LayerNorm, Result};
-use super::{math, VitsConfig};
+use super::math::{self, relu};
+use super::ops::{array, cols, rows, scale, Conv1d, LayerNorm};
+use super::VitsConfig;
+use crate::engine::cancel::{check, Cancelled};
 use crate::engine::cpu;
+use crate::engine::error::Result;
+use crate::engine::lanes::{self, eval_tiles, queue};
 use crate::engine::weights::Weights;
 
 /// Named outputs of the encoder.
@@ -65,7 +69,7 @@ impl TextEncoder {
 
     /// [`TextEncoder::forward`], polling `cancelled` between layers.
     pub fn forward_checked(&self, ids: &[i64], cancelled: Cancelled) -> Result<Encoded> {
-        let lanes = cpu::lanes();
+        let lanes = lanes::count();
         let split = lanes > 1 && ids.len() >= MIN_ROWS_FOR_LANES;
         let run = || -> Result<Encoded> {
             let enc = self.build(ids, if split { lanes } else { 1 }, cancelled)?;
