@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::engine::{Engine, SynthInput, SynthParams};
+use crate::engine::{Engine, Requested, SynthInput};
 
 #[derive(Debug, clap::Args)]
 pub struct SynthArgs {
@@ -68,18 +68,18 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut engine = Engine::new();
     let info = engine.load_voice("voice", &args.voice)?.clone();
-    let defaults = engine.voice("voice").expect("just loaded").config().clone();
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
 
-    let params = SynthParams {
+    let requested = Requested {
         speaker: args.speaker,
-        length_scale: args.length_scale.unwrap_or(defaults.length_scale),
-        noise_scale: args.noise_scale.unwrap_or(defaults.noise_scale),
-        noise_w: args.noise_w.unwrap_or(defaults.noise_w),
+        length_scale: args.length_scale,
+        noise_scale: args.noise_scale,
+        noise_w: args.noise_w,
         seed: args.seed,
         raw: args.raw,
         stream: args.stream,
     };
+    let params = engine.params("voice", &requested)?;
     let spec = hound::WavSpec { channels: 1, sample_rate: info.sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
     let mut wav = hound::WavWriter::create(&args.output, spec).with_context(|| format!("cannot write {}", args.output.display()))?;
     let t1 = Instant::now();

@@ -19,6 +19,7 @@ pub mod error;
 pub mod files;
 pub mod lanes;
 pub mod onnx;
+pub mod params;
 pub mod phonemize;
 pub mod sanitize;
 pub mod split;
@@ -32,6 +33,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use error::EngineError;
+pub use params::{Requested, Scales, SynthParams};
 pub use phonemize::Phonemizer;
 pub use voice::{Voice, VoiceInfo};
 
@@ -44,36 +46,6 @@ pub enum SynthInput {
     /// included), spoken as one sentence, or as several when longer than
     /// [`split::MAX_SENTENCE_IDS`].
     PhonemeIds(Vec<i64>),
-}
-
-/// How to speak it. Defaults are Piper's (and the voice's `inference` block).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SynthParams {
-    pub speaker: u32,
-    pub length_scale: f32,
-    pub noise_scale: f32,
-    pub noise_w: f32,
-    /// Seed for the noise; `None` picks one.
-    pub seed: Option<u64>,
-    /// Skip Piper's per-sentence peak normalisation (clipping still applies).
-    pub raw: bool,
-    /// Hand out decoder windows as soon as they are ready instead of whole
-    /// sentences. Streamed audio is not peak-normalised (that needs the whole
-    /// sentence): it is the decoder's output, clipped.
-    pub stream: bool,
-}
-
-impl SynthParams {
-    /// The model's sampling settings for one sentence, with `seed`.
-    pub fn sampling(&self, seed: u64) -> vits::Sampling {
-        vits::Sampling { length_scale: self.length_scale, noise_scale: self.noise_scale, noise_w: self.noise_w, seed }
-    }
-}
-
-impl Default for SynthParams {
-    fn default() -> Self {
-        Self { speaker: 0, length_scale: 1.0, noise_scale: 0.667, noise_w: 0.8, seed: None, raw: false, stream: false }
-    }
 }
 
 /// A piece of audio ready to send. Chunks of one request arrive in order.
@@ -143,6 +115,13 @@ impl Engine {
 
     pub fn voice(&self, name: &str) -> Option<&Voice> {
         self.voices.get(name)
+    }
+
+    /// `req` with the scales it left out taken from voice `voice`'s
+    /// defaults ([`SynthParams::resolve`]).
+    pub fn params(&self, voice: &str, req: &Requested) -> Result<SynthParams, EngineError> {
+        let v = self.voices.get(voice).ok_or_else(|| EngineError::UnknownVoice(voice.to_string()))?;
+        Ok(SynthParams::resolve(req, v.config().inference))
     }
 
     /// Synthesize `input` with voice `voice`, handing each chunk to `on_chunk`

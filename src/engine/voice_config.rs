@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::files::{read_capped, ReadError, MAX_CONFIG_BYTES};
+use super::params::Scales;
 use super::EngineError;
 use crate::protocol::limits::{self, ParamError, SAMPLE_RATES};
 
@@ -31,10 +32,8 @@ pub struct VoiceConfig {
     /// Phoneme (one string, usually one char) -> ids; holds at least the pad
     /// `_`, BOS `^` and EOS `$`.
     pub phoneme_id_map: HashMap<String, Vec<i64>>,
-    /// From `inference`; defaults 0.667, 1.0, 0.8.
-    pub noise_scale: f32,
-    pub length_scale: f32,
-    pub noise_w: f32,
+    /// The default scales, from `inference`; Piper's where it has none.
+    pub inference: Scales,
 }
 
 #[derive(Deserialize)]
@@ -145,9 +144,10 @@ impl VoiceConfig {
         }
 
         let inf = raw.inference.unwrap_or(RawInference { noise_scale: None, length_scale: None, noise_w: None });
-        let noise_scale = inf.noise_scale.unwrap_or(0.667);
-        let length_scale = inf.length_scale.unwrap_or(1.0);
-        let noise_w = inf.noise_w.unwrap_or(0.8);
+        let piper = Scales::PIPER;
+        let noise_scale = inf.noise_scale.unwrap_or(piper.noise_scale);
+        let length_scale = inf.length_scale.unwrap_or(piper.length_scale);
+        let noise_w = inf.noise_w.unwrap_or(piper.noise_w);
         // The same ranges a request's own scales are held to: a default
         // outside them would make every request fail as if the client
         // had asked for it.
@@ -167,9 +167,7 @@ impl VoiceConfig {
             num_speakers,
             speaker_id_map,
             phoneme_id_map,
-            noise_scale,
-            length_scale,
-            noise_w,
+            inference: Scales { length_scale, noise_scale, noise_w },
         })
     }
 }
@@ -227,7 +225,7 @@ mod tests {
         assert_eq!(c.phoneme_id_map["$"], vec![2]);
         assert_eq!(c.phoneme_id_map[" "], vec![3]);
         assert_eq!(c.phoneme_id_map.len(), 151);
-        assert_eq!((c.noise_scale, c.length_scale, c.noise_w), (0.667, 1.0, 0.8));
+        assert_eq!((c.inference.noise_scale, c.inference.length_scale, c.inference.noise_w), (0.667, 1.0, 0.8));
     }
 
     #[test]
@@ -239,9 +237,9 @@ mod tests {
         assert_eq!(c.phoneme_type, "espeak");
         assert_eq!(c.num_symbols, 4, "max id + 1 without num_symbols");
         assert_eq!(c.num_speakers, 1);
-        assert_eq!((c.noise_scale, c.length_scale, c.noise_w), (0.667, 1.0, 0.8));
+        assert_eq!((c.inference.noise_scale, c.inference.length_scale, c.inference.noise_w), (0.667, 1.0, 0.8));
         let c = parse(&MINIMAL.replacen('{', r#"{"inference": {"length_scale": 1.5}, "#, 1)).unwrap();
-        assert_eq!((c.noise_scale, c.length_scale, c.noise_w), (0.667, 1.5, 0.8));
+        assert_eq!((c.inference.noise_scale, c.inference.length_scale, c.inference.noise_w), (0.667, 1.5, 0.8));
     }
 
     #[test]
@@ -327,7 +325,7 @@ mod tests {
             1,
         );
         let c = parse(&edge).unwrap();
-        assert_eq!((c.sample_rate, c.length_scale, c.noise_scale, c.noise_w), (192000, 20.0, 10.0, 0.0));
+        assert_eq!((c.sample_rate, c.inference.length_scale, c.inference.noise_scale, c.inference.noise_w), (192000, 20.0, 10.0, 0.0));
     }
 
     #[test]

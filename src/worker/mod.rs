@@ -11,7 +11,7 @@ pub mod channel;
 mod fault;
 
 use crate::engine::thread::assert_main_thread;
-use crate::engine::{sanitize, Chunk, Engine, EngineError, SynthInput, SynthParams, VoiceInfo};
+use crate::engine::{sanitize, Chunk, Engine, EngineError, Requested, SynthInput, VoiceInfo};
 use crate::protocol::worker::{FromWorker, Job, ToWorker, EXIT_CHANNEL, EXIT_LOAD_FAILED};
 use crate::protocol::{ErrorCode, Input, VoiceDesc};
 use alarm::Alarm;
@@ -170,17 +170,7 @@ fn run_job(
             Input::Text(t) => SynthInput::Text(t.clone()),
             Input::PhonemeIds(ids) => SynthInput::PhonemeIds(ids.clone()),
         };
-        // Unset scales take the voice's own defaults (its `inference` block).
-        let d = engine.voice(&job.voice).map(|v| v.config());
-        let params = SynthParams {
-            speaker: job.speaker,
-            length_scale: job.length_scale.or(d.map(|c| c.length_scale)).unwrap_or(1.0),
-            noise_scale: job.noise_scale.or(d.map(|c| c.noise_scale)).unwrap_or(0.667),
-            noise_w: job.noise_w.or(d.map(|c| c.noise_w)).unwrap_or(0.8),
-            seed: job.seed,
-            raw: false,
-            stream: job.stream,
-        };
+        let params = engine.params(&job.voice, &requested(job))?;
         let sample_rate = engine.voice(&job.voice).map(|v| v.info().sample_rate).unwrap_or(0);
         let mut on_chunk = |c: Chunk| -> Result<(), EngineError> {
             let msg = FromWorker::Chunk { job: job.job, sample_rate, samples: c.samples };
@@ -224,6 +214,19 @@ fn error_code(e: &EngineError, timed_out: bool, budget_ms: u64) -> (ErrorCode, S
         EngineError::UnknownVoice(_) => (ErrorCode::UnknownVoice, e.to_string()),
         EngineError::VoiceUnavailable { .. } => (ErrorCode::Unavailable, e.to_string()),
         _ => (ErrorCode::Internal, sanitize::for_client(&e.to_string())),
+    }
+}
+
+/// What the job asked for; the engine fills in the voice's defaults.
+fn requested(job: &Job) -> Requested {
+    Requested {
+        speaker: job.speaker,
+        length_scale: job.length_scale,
+        noise_scale: job.noise_scale,
+        noise_w: job.noise_w,
+        seed: job.seed,
+        raw: false,
+        stream: job.stream,
     }
 }
 
