@@ -10,18 +10,17 @@
 //!   harness. [`config`]: `daemon.toml`. [`log`]: one-line stderr logging.
 //! - [`runtime_dir`]: the socket's default directory and the checks that it
 //!   is ours, shared by the daemon and the clients.
-//! - [`mlx_info`], [`synth_cli`], [`bench`]: `ttsd --version`, `ttsd synth`,
-//!   `ttsd-bench`.
-pub mod bench;
+//!
+//! The binaries (`src/bin/`: `ttsd`, `ttsctl`, `ttsd-bench`) are glue over
+//! these; command-line parsing for the engine (`ttsd synth`) and `anyhow`
+//! live there, not in the library.
 pub mod client;
 pub mod config;
 pub mod engine;
 pub mod log;
-pub mod mlx_info;
 pub mod protocol;
 pub mod runtime_dir;
 pub mod supervisor;
-pub mod synth_cli;
 pub mod worker;
 
 /// Unit tests that call MLX take this lock: MLX is not thread-safe, and

@@ -22,20 +22,13 @@
 //!   for about 0.1 s, taking a core from the lanes), [`configure_blas`] also
 //!   sets `OPENBLAS_THREAD_TIMEOUT` unless the environment has it.
 //!
-//! * Memory: MLX takes every array's buffer from `malloc` and frees it when
-//!   the last reference goes. glibc serves blocks above its mmap threshold
-//!   (128 KiB, raised on the fly) with fresh mappings and gives memory at
-//!   the heap's top back to the kernel beyond its trim threshold, so the
-//!   decoder's megabyte-sized tiles were mapped, page-faulted, zeroed and
-//!   unmapped over and over, worst on several lanes (half a million page
-//!   faults for 20 decodes of a 5 s sentence, a quarter of the decoder's
-//!   time). [`configure`] raises both thresholds so that freed buffers are
-//!   reused.
-//!
-//! Never starts a thread of its own (OpenBLAS starts its own, on demand).
+//! Owns the process's BLAS settings and the one lookup of BLAS symbols
+//! ([`blas_symbol`]); the lanes themselves are [`super::lanes`], the
+//! allocator [`super::memory`]. Never starts a thread of its own (OpenBLAS
+//! starts its own, on demand).
 use mlx_rs::{Device, DeviceType};
 
-use super::lanes;
+use super::{lanes, memory};
 
 /// OpenBLAS core names whose SGEMM uses AVX-512.
 const AVX512_CORES: [&str; 3] = ["SkylakeX", "Cooperlake", "SapphireRapids"];
@@ -75,29 +68,12 @@ fn wanted_coretype(current: Option<&str>, ttsd_choice: Option<&str>, best: Optio
 }
 
 /// Sets the process up for the engine: OpenBLAS (see [`configure_blas`],
-/// which may re-execute the program) and the allocator (see the module
-/// doc). Call first thing in `main`, before any thread starts.
+/// which may re-execute the program) and the allocator
+/// ([`memory::configure_malloc`]). Call first thing in `main`, before any
+/// thread starts.
 pub fn configure() {
     configure_blas();
-    configure_malloc();
-}
-
-/// Blocks up to this size come from the heap, not their own mapping
-/// (glibc's largest allowed value on 64-bit).
-const MMAP_THRESHOLD: i32 = 32 << 20;
-/// Free memory at the heap's top kept for reuse, not given back.
-const TRIM_THRESHOLD: i32 = 64 << 20;
-
-/// glibc's thresholds for mapping blocks and trimming the heap (see the
-/// module doc). Measured here, decoding 442 frames on 2 lanes: 110 -> 84 ms,
-/// page faults 540k -> 50k for 20 decodes, peak RSS unchanged (212 MiB).
-fn configure_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before other threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-    }
+    memory::configure_malloc();
 }
 
 /// How long an idle OpenBLAS thread spins before it sleeps, as a power of
@@ -182,14 +158,26 @@ pub fn with_blas_threads<T>(f: impl FnOnce() -> T) -> T {
 
 /// `openblas_set_num_threads(n)` when the BLAS in this process is OpenBLAS.
 fn set_blas_threads(n: usize) {
-    // SAFETY: looks up a symbol in libraries already loaded in this process
-    // and calls it with its documented signature.
-    unsafe {
-        let this = libloading::os::unix::Library::this();
-        if let Ok(f) = this.get::<unsafe extern "C" fn(std::ffi::c_int)>(b"openblas_set_num_threads\0") {
-            f(n as std::ffi::c_int);
-        }
+    // SAFETY: the type is the C prototype `void openblas_set_num_threads(int)`.
+    let set = unsafe { blas_symbol::<unsafe extern "C" fn(std::ffi::c_int)>(b"openblas_set_num_threads\0") };
+    if let Some(set) = set {
+        // SAFETY: OpenBLAS's documented call; `n` is at most 64.
+        unsafe { set(n as std::ffi::c_int) };
     }
+}
+
+/// The function `name` (NUL-terminated) from the libraries already loaded
+/// in this process, such as OpenBLAS's extensions to the BLAS interface;
+/// `None` when no loaded library exports it (another BLAS).
+///
+/// # Safety
+/// `T` must be the function pointer type of the symbol's C prototype.
+pub unsafe fn blas_symbol<T: Copy>(name: &[u8]) -> Option<T> {
+    let this = libloading::os::unix::Library::this();
+    // SAFETY: the caller vouches for `T`; the library that exports the
+    // symbol stays loaded for the life of the process (this handle only
+    // names the loaded set, it loads nothing).
+    unsafe { this.get::<T>(name) }.ok().map(|f| *f)
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ pub mod cpu;
 pub mod error;
 pub mod files;
 pub mod lanes;
+pub mod memory;
+pub mod mlx_info;
 pub mod onnx;
 pub mod params;
 pub mod phonemize;

@@ -10,6 +10,7 @@ pub mod alarm;
 pub mod channel;
 mod fault;
 
+use crate::engine::memory;
 use crate::engine::thread::assert_main_thread;
 use crate::engine::{sanitize, Chunk, Engine, EngineError, Requested, SynthInput, VoiceInfo};
 use crate::protocol::worker::{FromWorker, Job, ToWorker, EXIT_CHANNEL, EXIT_LOAD_FAILED};
@@ -241,18 +242,7 @@ fn describe(i: &VoiceInfo) -> VoiceDesc {
 }
 
 fn heartbeat_msg() -> FromWorker {
-    FromWorker::Heartbeat { rss_bytes: rss_bytes() }
-}
-
-/// Resident set size from /proc/self/statm (0 where unavailable).
-pub fn rss_bytes() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
-    pages * page
+    FromWorker::Heartbeat { rss_bytes: memory::current_rss_bytes() }
 }
 
 #[cfg(test)]
@@ -274,10 +264,5 @@ mod tests {
     fn internal_errors_reach_the_client_without_build_paths() {
         let e = EngineError::Mlx("\"[flatten] too big\" at /root/.cargo/registry/src/x/mlx-rs-0.33.0/src/ops.rs:9:5".into());
         assert_eq!(error_code(&e, false, 0), (ErrorCode::Internal, "mlx: \"[flatten] too big\"".into()));
-    }
-
-    #[test]
-    fn rss_is_read_from_proc() {
-        assert!(rss_bytes() > 1024 * 1024);
     }
 }

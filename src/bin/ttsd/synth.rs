@@ -3,12 +3,16 @@
 //! line on stderr: `load_ms=... synth_ms=... audio_s=... rtf=...` (plus
 //! `first_audio_ms=...`, the time from the start of synthesis to the first
 //! chunk).
+//!
+//! Glue between the command line and the engine: it owns the flags and the
+//! WAV file, and never does engine work itself (parameters are resolved by
+//! [`Engine::params`], as for the daemon's workers).
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::engine::{Engine, Requested, SynthInput};
+use ttsd::engine::{cpu, Engine, EngineError, Requested, SynthInput};
 
 #[derive(Debug, clap::Args)]
 pub struct SynthArgs {
@@ -64,7 +68,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         (None, Some(csv)) => SynthInput::PhonemeIds(parse_ids(csv)?),
         (None, None) => anyhow::bail!("give --text or --phoneme-ids"),
     };
-    crate::engine::cpu::set_threads(args.threads.unwrap_or_else(crate::engine::cpu::threads_from_env));
+    cpu::set_threads(args.threads.unwrap_or_else(cpu::threads_from_env));
     let t0 = Instant::now();
     let mut engine = Engine::new();
     let info = engine.load_voice("voice", &args.voice)?.clone();
@@ -90,7 +94,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         for s in chunk.samples {
             if let Err(e) = wav.write_sample(s) {
                 write_error = Some(e.to_string());
-                return Err(crate::engine::EngineError::Output(format!("writing the WAV: {e}")));
+                return Err(EngineError::Output(format!("writing the WAV: {e}")));
             }
         }
         Ok(())

@@ -3,12 +3,17 @@
 //! PyPI wheel bundles the slow reference BLAS; scripts/setup points it at
 //! OpenBLAS). Also a smoke check that runs a matmul and a conv1d.
 //!
-//! Touches MLX: call it from the main thread of a process that may use MLX
-//! (never from the supervisor).
+//! Owns these reports only. It touches MLX: call it from the main thread of
+//! a process that may use MLX, never from the supervisor; it never changes
+//! a setting (that is [`super::cpu`]).
 use mlx_rs::{Array, Device, DeviceType};
+
+use super::cpu;
 
 /// MLX's own version string, e.g. "0.32.2".
 pub fn mlx_version() -> String {
+    // SAFETY: mlx-c's string API: a new string, filled by mlx_version, read
+    // (copied) while alive, then freed once.
     unsafe {
         let mut s = mlx_sys::mlx_string_new();
         let version = if mlx_sys::mlx_version(&mut s) == 0 {
@@ -58,12 +63,11 @@ pub fn blas() -> String {
 }
 
 fn openblas_config() -> Option<String> {
-    // SAFETY: looks up a symbol in libraries already loaded in this process.
+    // SAFETY: the type is the C prototype `char *openblas_get_config(void)`.
+    let get = unsafe { cpu::blas_symbol::<unsafe extern "C" fn() -> *const std::ffi::c_char>(b"openblas_get_config\0") }?;
+    // SAFETY: returns a pointer to a static NUL-terminated string (or NULL), copied at once.
     unsafe {
-        let this = libloading::os::unix::Library::this();
-        let f: libloading::os::unix::Symbol<unsafe extern "C" fn() -> *const std::ffi::c_char> =
-            this.get(b"openblas_get_config\0").ok()?;
-        let p = f();
+        let p = get();
         (!p.is_null()).then(|| format!("OpenBLAS {}", std::ffi::CStr::from_ptr(p).to_string_lossy().trim()))
     }
 }
@@ -139,7 +143,7 @@ mod tests {
         let _mlx = crate::mlx_test_lock();
         let _ = super::smoke().unwrap();
         // The one pin: build/versions.env, which scripts/setup installs from.
-        let pinned = include_str!("../build/versions.env")
+        let pinned = include_str!("../../build/versions.env")
             .lines()
             .find_map(|l| l.strip_prefix("MLX_VERSION="))
             .expect("MLX_VERSION in build/versions.env")

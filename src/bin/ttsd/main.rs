@@ -1,6 +1,9 @@
 //! The ttsd binary: argument parsing and glue only. Default: the daemon
-//! (supervisor); `synth`: in-process synthesis; `worker` (hidden): a worker
-//! process, started by the supervisor only. It never does work of its own.
+//! (supervisor); `synth`: in-process synthesis ([`synth`]); `worker`
+//! (hidden): a worker process, started by the supervisor only. It never
+//! does work of its own, and `anyhow` stays here, out of the library.
+mod synth;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -26,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Synthesize in-process, without a daemon.
-    Synth(ttsd::synth_cli::SynthArgs),
+    Synth(synth::SynthArgs),
     /// Worker process (started by the daemon; its channel is stdin).
     #[command(hide = true)]
     Worker,
@@ -36,11 +39,11 @@ fn main() -> anyhow::Result<()> {
     ttsd::engine::cpu::configure();
     let cli = Cli::parse();
     if cli.version {
-        println!("{}", ttsd::mlx_info::version_report());
+        println!("{}", ttsd::engine::mlx_info::version_report());
         return Ok(());
     }
     match cli.command {
-        Some(Command::Synth(args)) => ttsd::synth_cli::run(args),
+        Some(Command::Synth(args)) => synth::run(args),
         Some(Command::Worker) => std::process::exit(ttsd::worker::run()),
         None => {
             let (mut cfg, path) = ttsd::config::Config::discover(cli.config.as_deref())?;
