@@ -36,9 +36,12 @@ struct Ctx<'a> {
 
 type CaseResult = Result<String, String>;
 
+/// A connection whose reads and writes give up after 20 s: a daemon that
+/// stops reading or answering fails a case instead of hanging it.
 fn raw(d: &Daemon) -> UnixStream {
     let s = UnixStream::connect(&d.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
     s
 }
 
@@ -501,39 +504,65 @@ fn on_shared(name: &str, case: impl FnOnce(&Ctx) -> CaseResult) {
     run_case(&s.d, name, case);
 }
 
+/// `req` on a fresh connection, every read bounded, so that a daemon that
+/// stopped answering fails the test instead of hanging it.
+fn query(d: &Daemon, req: Request) -> Result<Reply, String> {
+    let mut s = UnixStream::connect(&d.socket).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    protocol::write_frame(&mut s, &Request::Hello { version: PROTOCOL_VERSION, client: "bad-input".into() })
+        .map_err(|e| e.to_string())?;
+    match read(&mut s)? {
+        Some(Reply::HelloOk { .. }) => {}
+        other => return Err(format!("handshake: {other:.120?}")),
+    }
+    protocol::write_frame(&mut s, &req).map_err(|e| e.to_string())?;
+    read(&mut s)?.ok_or_else(|| "closed".to_string())
+}
+
+fn restarts(d: &Daemon) -> Result<u64, String> {
+    match query(d, Request::Status)? {
+        Reply::Status(s) => Ok(s.worker_restarts),
+        other => Err(format!("status: {other:.120?}")),
+    }
+}
+
 /// Run `case` while a valid request is in flight on another connection;
 /// that request must end `done`, no worker may be lost, and the daemon must
 /// still answer health afterwards.
 fn run_case(d: &Daemon, name: &str, case: impl FnOnce(&Ctx) -> CaseResult) {
     let ctx = Ctx { d };
-    let restarts = d.status().worker_restarts;
-    let mut bystander = d.client();
+    let before = restarts(d).unwrap_or_else(|e| panic!("{name}: the daemon does not answer before the case: {e}"));
     // The valid request: accepted (Queued) before the attack starts.
-    let id = bystander.submit(SynthRequest { stream: name.len() % 2 == 0, ..req(BYSTANDER) }).unwrap();
-    match bystander.recv().unwrap() {
-        Reply::Queued { id: q, .. } if q == id => {}
-        other => panic!("bystander: {other:?}"),
+    let mut bystander = hello(d);
+    bystander.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let valid = SynthRequest { stream: name.len() % 2 == 0, ..synth(1, BYSTANDER) };
+    protocol::write_frame(&mut bystander, &Request::Synthesize(valid)).unwrap();
+    match read(&mut bystander) {
+        Ok(Some(Reply::Queued { id: 1, .. })) => {}
+        other => panic!("{name}: bystander: {other:?}"),
     }
     let t = Instant::now();
     let result = case(&ctx);
     let took = t.elapsed();
     let mut problems = Vec::new();
-    match until_terminal(&mut bystander, id).last() {
-        Some(Reply::Done { .. }) => {}
-        other => problems.push(format!("the request in flight ended {other:.120?}")),
+    if let Err(e) = must_end_done(&mut bystander, 1) {
+        problems.push(format!("the request in flight: {e}"));
     }
     // Whatever a case did, the daemon must still answer health. A generous
     // bound: only a blocked supervisor (the defect) takes this long.
     let t = Instant::now();
-    if let Err(e) = Client::connect(&d.socket).and_then(|mut c| c.health()) {
-        problems.push(format!("health failed afterwards: {e}"));
+    match query(d, Request::Health) {
+        Ok(Reply::Health { .. }) => {}
+        other => problems.push(format!("health afterwards: {other:.120?}")),
     }
     if t.elapsed() > Duration::from_secs(5) {
         problems.push(format!("health took {:?} afterwards", t.elapsed()));
     }
-    let after = d.status().worker_restarts;
-    if after != restarts {
-        problems.push(format!("a bad input cost a worker ({restarts} -> {after} restarts)"));
+    match restarts(d) {
+        Ok(after) if after == before => {}
+        Ok(after) => problems.push(format!("a bad input cost a worker ({before} -> {after} restarts)")),
+        Err(e) => problems.push(format!("status afterwards: {e}")),
     }
     let detail = match &result {
         Ok(s) => s.clone(),
@@ -656,7 +685,10 @@ fn case_pipelined_unread_refusals(ctx: &Ctx) -> CaseResult {
         sent += 1;
     }
     // Meanwhile everyone else is served.
-    Client::connect(&ctx.d.socket).and_then(|mut c| c.health()).map_err(|e| format!("health during the flood: {e}"))?;
+    match query(ctx.d, Request::Health) {
+        Ok(Reply::Health { .. }) => {}
+        other => return Err(format!("health during the flood: {other:.120?}")),
+    }
     std::thread::sleep(Duration::from_millis(500));
     let (_, peak) = rss_kib(pid);
     drop(s);
@@ -849,10 +881,10 @@ fn idle_connection_is_closed() {
         // And someone new gets in (within a bound only a daemon that never
         // closes them would exceed).
         loop {
-            match Client::connect(&ctx.d.socket).and_then(|mut c| c.health()) {
-                Ok(_) => break,
-                Err(e) if t.elapsed() > Duration::from_secs(30) => return Err(format!("still refused: {e}")),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            match query(ctx.d, Request::Health) {
+                Ok(Reply::Health { .. }) => break,
+                other if t.elapsed() > Duration::from_secs(30) => return Err(format!("still refused: {other:.120?}")),
+                _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
         Ok(format!("full ({full}); the 5 silent connections closed after {closed_after:?}; a new client got in"))
@@ -885,7 +917,9 @@ fn idle_timeout_spares_a_connection_with_a_request_in_flight() {
 /// refused requests. Here stderr is a pipe of one page that nobody reads.
 #[test]
 fn stalled_log_reader_does_not_block_health() {
-    let (rd, wr) = nix::unistd::pipe().unwrap();
+    // Close-on-exec, so that the daemon gets only the write end (as its
+    // stderr): a daemon holding the read end too would never see EPIPE.
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     use std::os::fd::AsRawFd;
     // SAFETY: plain fcntl on a pipe we own.
     let size = unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
@@ -904,9 +938,11 @@ fn stalled_log_reader_does_not_block_health() {
         }
         // Requests that run get a line each: 20 of them are more than the
         // pipe holds, so the log writer is stuck from here on.
-        let mut c = ctx.d.client();
-        for i in 0..20 {
-            c.say_collect(req(&format!("Line {i}."))).map_err(|e| format!("request {i}: {e}"))?;
+        let mut c = hello(ctx.d);
+        for id in 0..20 {
+            let line = SynthRequest { timeout_ms: Some(60_000), ..synth(id, &format!("Line {id}.")) };
+            protocol::write_frame(&mut c, &Request::Synthesize(line)).map_err(|e| e.to_string())?;
+            must_end_done(&mut c, id).map_err(|e| format!("request {id}: {e}"))?;
         }
         let mut queued: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int.
@@ -915,10 +951,11 @@ fn stalled_log_reader_does_not_block_health() {
             return Err(format!("the pipe holds only {queued} bytes: the log reader never stalled, nothing was tested"));
         }
         let t = Instant::now();
-        let mut h = ctx.d.client();
-        h.health().map_err(|e| e.to_string())?;
-        let st = h.status().map_err(|e| e.to_string())?;
-        Ok(format!("pipe full ({queued} bytes unread); health and status answered in {:?}; {} done", t.elapsed(), st.totals.done))
+        match query(ctx.d, Request::Health)? {
+            Reply::Health { .. } => {}
+            other => return Err(format!("health: {other:.120?}")),
+        }
+        Ok(format!("pipe full ({queued} bytes unread); health answered in {:?}", t.elapsed()))
     });
     drop(d);
     drop(rd);

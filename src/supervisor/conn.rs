@@ -306,9 +306,13 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Outbound {
     Outbound::Frame(Reply::Error { id: None, code, message: message.into() })
 }
 
-/// A frame-level error's text, clipped: decoder messages may quote input.
+/// A frame-level error's text, clipped (decoder messages may quote input),
+/// naming the setting for an oversized frame.
 fn frame_error(e: &FrameError) -> String {
-    protocol::clip(&e.to_string(), 200).into_owned()
+    match e {
+        FrameError::TooLarge { len, max } => format!("a frame of {len} bytes is over max_frame_bytes ({max})"),
+        e => protocol::clip(&e.to_string(), 200).into_owned(),
+    }
 }
 
 /// Serve one accepted, permitted connection until it closes. `guard` lives

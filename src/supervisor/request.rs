@@ -5,11 +5,13 @@
 //! to end a [`Pending`] consume it ([`Pending::finish`], [`Pending::fail`]),
 //! and dropping one unanswered sends an `internal` error. It also owns what
 //! the log says about requests and the outcome counters: one line per
-//! request that reached a worker (their rate is bounded by synthesis), and
-//! only counts for the ones that did not (refused on arrival, or ended in
-//! the queue), which a client can produce as fast as it can send; the
-//! arbiter logs those counts as one summary per interval. It never decides
-//! *which* answer a request gets.
+//! request that reached a worker, up to [`REQUEST_LINES_PER_SEC`] (tiny
+//! requests, or requests cancelled at once, can run faster than anyone
+//! reads a log), and only counts for the rest and for requests that never
+//! reached a worker (refused on arrival, or ended in the queue), which a
+//! client can produce as fast as it can send; the arbiter logs those counts
+//! as one summary per interval. It never decides *which* answer a request
+//! gets.
 use super::conn::{InFlight, Outbound, Outbox};
 use crate::protocol::{clip, ErrorCode, Input, Reply, SynthRequest, Totals, ECHO_CHARS};
 use std::collections::BTreeMap;
@@ -28,6 +30,10 @@ pub type ConnId = u64;
 pub const MAX_REPLY_MESSAGE_CHARS: usize = 1024;
 /// Longest error message a request's log line carries.
 pub const MAX_LOG_MESSAGE_CHARS: usize = 200;
+/// Per-request log lines per second, on average, at most...
+pub const REQUEST_LINES_PER_SEC: f64 = 50.0;
+/// ...with bursts of up to this many.
+pub const REQUEST_LINES_BURST: f64 = 200.0;
 
 /// Requests ended per outcome since start, and the counts the arbiter logs
 /// instead of one line each (see the module doc). Shared by every
@@ -47,6 +53,12 @@ struct Counts {
     unrun: BTreeMap<ErrorCode, u64>,
     /// Since the last summary: connections the daemon closed, by reason.
     closed: BTreeMap<&'static str, u64>,
+    /// Since the last summary: requests that ran but got no line of their
+    /// own (over the line budget), by outcome.
+    quiet: BTreeMap<String, u64>,
+    /// The per-request line budget: tokens left, when last refilled.
+    tokens: f64,
+    refilled: Option<Instant>,
 }
 
 impl Outcomes {
@@ -70,6 +82,22 @@ impl Outcomes {
         let mut c = self.lock();
         let m = if accepted { &mut c.unrun } else { &mut c.refused };
         *m.entry(code).or_insert(0) += 1;
+    }
+
+    /// Whether a request that ran may have its own log line now (within
+    /// [`REQUEST_LINES_PER_SEC`]); if not, it is counted under `outcome`.
+    fn may_log(&self, outcome: &str, now: Instant) -> bool {
+        let mut c = self.lock();
+        let since = c.refilled.map_or(Duration::from_secs(3600), |t| now.saturating_duration_since(t));
+        c.tokens = (c.tokens + since.as_secs_f64() * REQUEST_LINES_PER_SEC).min(REQUEST_LINES_BURST);
+        c.refilled = Some(now);
+        if c.tokens >= 1.0 {
+            c.tokens -= 1.0;
+            true
+        } else {
+            *c.quiet.entry(outcome.to_string()).or_insert(0) += 1;
+            false
+        }
     }
 
     /// A connection the daemon closed (idle, not reading, backlog).
@@ -101,6 +129,8 @@ impl Outcomes {
         line("refused {n} requests", codes(&mut c.refused));
         line("{n} queued requests ended before reaching a worker", codes(&mut c.unrun));
         line("closed {n} connections", std::mem::take(&mut c.closed).into_iter().map(|(k, n)| (k.to_string(), n)).collect());
+        let over = format!("{{n}} requests that ran had no line of their own (over {REQUEST_LINES_PER_SEC} lines/s)");
+        line(&over, std::mem::take(&mut c.quiet).into_iter().collect());
         lines
     }
 }
@@ -260,6 +290,9 @@ impl Pending {
     }
 
     fn log(&self, outcome: &str, message: &str, queue_ms: u64, synth_ms: u64, audio_s: f64, w: WorkerRef) {
+        if !self.outcomes.may_log(outcome, Instant::now()) {
+            return;
+        }
         let rtf = if audio_s > 0.0 { synth_ms as f64 / 1000.0 / audio_s } else { 0.0 };
         let text = match &self.req.input {
             Input::Text(t) => clip(t, 40).into_owned(),
@@ -392,6 +425,18 @@ mod tests {
         );
         assert!(outcomes.take_summary(Duration::from_secs(10)).is_empty(), "the summary resets");
         assert_eq!(outcomes.totals().errors.iter().map(|e| e.1).sum::<u64>(), 5, "totals keep counting");
+    }
+
+    #[test]
+    fn request_lines_past_the_budget_are_counted() {
+        let outcomes = Outcomes::default();
+        let t = Instant::now();
+        let allowed = (0..1000).filter(|_| outcomes.may_log("done", t)).count();
+        assert_eq!(allowed, REQUEST_LINES_BURST as usize, "a burst, then nothing at the same instant");
+        assert!(outcomes.may_log("done", t + Duration::from_millis(100)), "the budget refills");
+        let lines = outcomes.take_summary(Duration::from_secs(10));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("800 requests that ran had no line of their own") && lines[0].ends_with("done 800"), "{lines:?}");
     }
 
     #[test]
