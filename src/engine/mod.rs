@@ -31,7 +31,7 @@ pub mod voice_config;
 pub mod vits;
 pub mod weights;
 
-use std::collections::BTreeMap;
+use std::collections::btree_map::{BTreeMap, Entry};
 use std::path::Path;
 
 pub use error::EngineError;
@@ -95,8 +95,14 @@ impl Engine {
         if self.phonemizer.is_none() {
             self.phonemizer = Some(Phonemizer::new()?);
         }
-        self.voices.insert(name.to_string(), voice);
-        Ok(self.voices[name].info())
+        let loaded = match self.voices.entry(name.to_string()) {
+            Entry::Occupied(mut slot) => {
+                slot.insert(voice);
+                slot.into_mut()
+            }
+            Entry::Vacant(slot) => slot.insert(voice),
+        };
+        Ok(loaded.info())
     }
 
     /// Runs one short sentence through every voice and throws the audio

@@ -26,11 +26,14 @@ pub fn for_client(msg: &str) -> String {
             out.push((ws, token.to_string()));
             continue;
         }
-        let after_at = out.last().map(|(_, t)| split_punctuation(t)).filter(|(_, c, _)| *c == "at").map(|(l, _, _)| l.to_string());
+        let after_at = match out.last() {
+            Some((_, t)) if split_punctuation(t).1 == "at" => out.pop(),
+            _ => None,
+        };
         match after_at {
             // `... at PATH:LINE`: the location goes, with its "at".
-            Some(at_lead) => {
-                let (at_ws, _) = out.pop().expect("found above");
+            Some((at_ws, at_token)) => {
+                let (at_lead, _, _) = split_punctuation(&at_token);
                 // A closing quote or bracket rejoins the text before it.
                 match (at_lead.is_empty(), trail.is_empty()) {
                     (true, true) => {}

@@ -110,7 +110,7 @@ impl Cuts<'_> {
     }
 
     fn is_pause(&self, i: usize) -> bool {
-        self.kinds.pauses.contains(&self.body[i])
+        self.body.get(i).is_some_and(|id| self.kinds.pauses.contains(id))
     }
 
     /// After a pause, or after the space that follows one (`, `).
@@ -147,7 +147,7 @@ impl Cuts<'_> {
         while start + unit <= end && self.is(start, self.kinds.space) && (unit == 1 || self.is(start + 1, self.kinds.pad)) {
             start += unit;
         }
-        &self.body[start..end]
+        self.body.get(start..end).unwrap_or_default()
     }
 }
 

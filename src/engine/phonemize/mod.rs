@@ -89,20 +89,15 @@ impl Phonemizer {
             // SAFETY: `ptr` points into `c_text` (checked above), which outlives the
             // loop; this Phonemizer is the only espeak-ng user in the process.
             let phonemes = unsafe { self.espeak.text_to_phonemes(&mut ptr) };
-            let (consumed, lookahead) = if ptr.is_null() {
-                (&text[start..], "")
+            let end = if ptr.is_null() {
+                None
             } else {
                 let end = offset(ptr).filter(|&e| e >= start).ok_or_else(|| {
                     EngineError::Phonemizer("espeak-ng moved outside the text".into())
                 })?;
-                let slice = &text[start..floor_char_boundary(&text, end)];
-                // espeak-ng ends a clause one character into the next one (its
-                // look-ahead, which it keeps and speaks with the next clause).
-                match slice.char_indices().next_back() {
-                    Some((i, _)) => (&slice[..i], &slice[i..]),
-                    None => (slice, ""),
-                }
+                Some(end)
             };
+            let (consumed, lookahead) = clause_text(&text, start, end);
             let clause_text = format!("{carry}{consumed}");
             carry = lookahead.to_string();
             let end = clause_end(&clause_text, &classify);
@@ -140,7 +135,8 @@ impl Phonemizer {
         if !valid {
             return Err(EngineError::Phonemizer(format!("'{name}' is not an espeak-ng voice name")));
         }
-        let c_name = CString::new(name).expect("validated: no NUL");
+        let c_name =
+            CString::new(name).map_err(|_| EngineError::Phonemizer(format!("'{name}' is not an espeak-ng voice name")))?;
         match self.espeak.set_voice(&c_name) {
             0 => {
                 self.voice = Some(name.to_string());
@@ -196,12 +192,33 @@ fn sanitize(text: &str) -> String {
         .collect()
 }
 
+/// The largest character boundary of `s` at or before byte `i`.
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i = i.min(s.len());
     while !s.is_char_boundary(i) {
         i -= 1;
     }
     i
+}
+
+/// The text one `espeak_TextToPhonemes` call consumed, from byte offset
+/// `start` to `end` (`None`: to the end), as (the clause, the character
+/// espeak-ng read ahead). espeak-ng ends a clause one character into the
+/// next one (its look-ahead, which it keeps and speaks with the next
+/// clause). Its offsets may fall inside a multi-byte character: both ends
+/// move back to that character's start, so consecutive clauses still
+/// cover the text once, and no slice can split a character.
+fn clause_text(text: &str, start: usize, end: Option<usize>) -> (&str, &str) {
+    let start = floor_char_boundary(text, start);
+    let Some(end) = end else {
+        return (text.get(start..).unwrap_or(""), "");
+    };
+    let end = floor_char_boundary(text, end).max(start);
+    let slice = text.get(start..end).unwrap_or("");
+    match slice.char_indices().next_back() {
+        Some((i, _)) => slice.split_at(i),
+        None => (slice, ""),
+    }
 }
 
 /// Piper's `re.sub(r"\([^)]+\)", "", phonemes)`: drops language-switch flags such as `(en)`.
@@ -396,6 +413,48 @@ mod tests {
         assert_eq!(clause_end("no punctuation", c), end("", false));
         assert_eq!(clause_end("\"", c), end("", false));
         assert_eq!(clause_end("?", c), end("", false));
+    }
+
+    #[test]
+    fn clause_text_cuts_on_characters_wherever_espeak_points() {
+        let text = "Ünïcödé — 日本語 😀 café.";
+        // Every pair of offsets, on and inside characters: no panic, the
+        // pieces are whole characters, and consecutive clauses tile the text.
+        for start in 0..=text.len() + 1 {
+            for end in start..=text.len() + 1 {
+                let (clause, ahead) = clause_text(text, start, Some(end));
+                assert!(ahead.chars().count() <= 1, "{start}..{end}: {ahead:?}");
+                assert!(text.contains(&format!("{clause}{ahead}")));
+            }
+            let (rest, ahead) = clause_text(text, start, None);
+            assert!(text.ends_with(rest) && ahead.is_empty());
+        }
+        // Offsets inside "Ü" (2 bytes), "日" (3) and "😀" (4) move back to
+        // the character's start.
+        assert_eq!(clause_text(text, 1, Some(4)), ("Ü", "n"));
+        let sun = text.find('日').unwrap();
+        assert_eq!(clause_text(text, sun + 1, Some(sun + 5)), ("", "日"));
+        let smile = text.find('😀').unwrap();
+        assert_eq!(clause_text(text, smile + 3, None), ("😀 café.", ""));
+        let mut cuts = vec![0, 1, sun + 2, smile + 1, smile + 2, text.len() - 1];
+        cuts.push(text.len());
+        let mut joined = String::new();
+        for w in cuts.windows(2) {
+            let (clause, ahead) = clause_text(text, w[0], Some(w[1]));
+            joined.push_str(clause);
+            joined.push_str(ahead);
+        }
+        assert_eq!(joined, text, "clauses cover the text once");
+    }
+
+    #[test]
+    fn multi_byte_text_is_phonemized() {
+        let _g = serial();
+        let mut p = phonemizer();
+        for text in ["Ünïcödé — 日本語 😀 café.", "😀😀😀. 日本語? Ü!", "é😀, ü — 語."] {
+            let out = p.phonemize(text, "en-us").unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert!(!out.is_empty(), "{text:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::math::{self, leaky_relu};
 use super::ops::{rows, Conv1d, ConvTranspose1d};
 use super::VitsConfig;
 use crate::engine::cancel::{check, Cancelled};
-use crate::engine::error::Result;
+use crate::engine::error::{EngineError, Result};
 use crate::engine::lanes::{self, checkpoint, queue_tiles};
 use crate::engine::weights::Weights;
 
@@ -134,7 +134,9 @@ fn mrf_sum(blocks: &[ResBlock], bias_sum: Option<&Array>, x: &Array, pad: (bool,
         };
         acc = Some(b.forward_into(x, &lx, pad, keep, seed)?);
     }
-    Ok((acc.expect("at least one resblock"), keep))
+    // A stage has at least one block (VitsConfig::from_weights checks).
+    let acc = acc.ok_or_else(|| EngineError::VoiceLoad { path: String::new(), reason: "a decoder stage without residual blocks".into() })?;
+    Ok((acc, keep))
 }
 
 /// A sequence `[T, C]` held as a stage's consecutive tiles of rows (possibly
@@ -170,9 +172,9 @@ impl Tiles {
             let (s, e) = (lo.max(a) - a, hi.min(b) - a);
             pieces.push(if (s, e) == (0, b - a) { part.clone() } else { rows(part, s as i32, e as i32)? });
         }
-        Ok(match pieces.len() {
-            1 => pieces.pop().expect("one piece"),
-            _ => ops::concatenate(&pieces, 0)?,
+        Ok(match <[Array; 1]>::try_from(pieces) {
+            Ok([one]) => one,
+            Err(pieces) => ops::concatenate(&pieces, 0)?,
         })
     }
 }

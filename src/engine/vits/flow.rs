@@ -9,7 +9,7 @@ use super::ops::{cols, flip_channels, rows, Conv1d};
 use super::VitsConfig;
 use crate::engine::cancel::{check, Cancelled};
 use crate::engine::cpu;
-use crate::engine::error::Result;
+use crate::engine::error::{EngineError, Result};
 use crate::engine::lanes::{self, checkpoint, queue_tiles};
 use crate::engine::weights::Weights;
 
@@ -35,7 +35,11 @@ impl Wn {
         } else {
             None
         };
-        let hidden = in_layers[0].c_out as i32 / 2;
+        let first = in_layers.first().ok_or_else(|| EngineError::VoiceLoad {
+            path: String::new(),
+            reason: format!("missing weight '{p}.in_layers.0.weight'"),
+        })?;
+        let hidden = first.c_out as i32 / 2;
         let h = hidden as usize;
         // The gate tanh(a) * sigmoid(b) is computed as tanh(a) * (1 + tanh(b / 2)) / 2
         // with one tanh over [a | b/2]: the in-layers (and the conditioning)

@@ -565,6 +565,31 @@ mod tests {
         crate::engine::cpu::set_threads(1);
     }
 
+    /// Malformed layers in a voice file panicked a worker (at load, or at
+    /// its first long sentence); they are load errors that say why.
+    #[test]
+    fn malformed_layers_are_load_errors_not_panics() {
+        let _mlx = crate::mlx_test_lock();
+        let edited = |drop: &dyn Fn(&str) -> bool, add: Option<(&str, Tensor)>| {
+            let base = tiny_voice(1);
+            let mut all: Vec<(String, Tensor)> = base.iter().filter(|(k, _)| !drop(k)).map(|(k, t)| (k.to_string(), t.clone())).collect();
+            all.extend(add.map(|(k, t)| (k.to_string(), t)));
+            let mut ws = Weights::from_tensors(all);
+            for (m, a) in base.conv_attrs_iter() {
+                ws.set_conv_attrs(m, a);
+            }
+            Vits::load(ws).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        let q = "enc_p.encoder.attn_layers.0.conv_q.weight";
+        let err = edited(&|k| k == q, Some((q, Tensor { shape: vec![8, 8, 3], data: vec![0.0; 192] })));
+        assert!(err.contains("1x1 convolution"), "{err}");
+        let up = "dec.ups.0.weight";
+        let err = edited(&|k| k == up, Some((up, Tensor { shape: vec![16, 8, 0], data: vec![] })));
+        assert!(err.contains("no empty dimension"), "{err}");
+        let err = edited(&|k| k.starts_with("flow.flows.0.enc.in_layers."), None);
+        assert!(err.contains("flow.flows.0.enc.in_layers.0.weight"), "{err}");
+    }
+
     #[test]
     fn missing_and_unused_weights_are_named() {
         let _mlx = crate::mlx_test_lock();

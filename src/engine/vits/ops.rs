@@ -37,8 +37,8 @@ fn shape_error(name: &str, want: &str, got: &[usize]) -> EngineError {
 fn take_weight(ws: &mut Weights, prefix: &str, rank: usize) -> Result<Tensor> {
     let name = format!("{prefix}.weight");
     let t = ws.take(&name)?;
-    if t.shape.len() != rank {
-        return Err(shape_error(&name, &format!("rank {rank}"), &t.shape));
+    if t.shape.len() != rank || t.shape.contains(&0) {
+        return Err(shape_error(&name, &format!("rank {rank}, no empty dimension"), &t.shape));
     }
     Ok(t)
 }
@@ -179,12 +179,24 @@ impl Conv1d {
 
     /// Output channels `[lo, hi)` only of a 1x1 convolution: `[T, C_in]` -> `[T, hi - lo]`.
     pub fn forward_channels(&self, x: &Array, lo: i32, hi: i32) -> Result<Array> {
-        assert_eq!(self.kernel, 1, "forward_channels is for 1x1 convolutions");
+        self.expect_1x1()?;
         let w = cols(&self.weight, lo, hi)?;
         Ok(match &self.bias {
             Some(b) => ops::addmm(&b.try_index(lo..hi)?, x, &w, None, None)?,
             None => ops::matmul(x, &w)?,
         })
+    }
+
+    /// An error unless this is a 1x1 convolution (what the voice's layout
+    /// promises for the layers that call this).
+    pub fn expect_1x1(&self) -> Result<()> {
+        if self.kernel != 1 {
+            return Err(EngineError::VoiceLoad {
+                path: String::new(),
+                reason: format!("a 1x1 convolution was expected, the weights have {} taps", self.kernel),
+            });
+        }
+        Ok(())
     }
 
     /// Rows lost on each side when the padding on a side is left out.
@@ -269,7 +281,7 @@ impl Conv1d {
 
     /// [`Conv1d::remap_input`] (`axis` 0) or [`Conv1d::remap_output`] (1).
     fn remap(&mut self, axis: i32, map: &[Option<usize>]) -> Result<()> {
-        assert_eq!(self.kernel, 1, "channels are remapped for 1x1 convolutions only");
+        self.expect_1x1()?;
         let picked = remap(&self.weight, axis, map)?;
         self.weight = picked.clone();
         self.taps = vec![picked];
@@ -473,7 +485,8 @@ impl ConvTranspose1d {
                 None => ops::matmul(&a, w)?,
             });
         }
-        let acc = acc.expect("at least one block");
+        // `blocks_w` is never empty (a kernel has at least one tap).
+        let acc = acc.ok_or_else(|| EngineError::VoiceLoad { path: String::new(), reason: "a transposed convolution without taps".into() })?;
         // The bias after the GEMMs, not as their seed (see Conv1d::forward_with).
         let acc = match &self.bias {
             Some(b) => ops::add(&acc, b)?,

@@ -166,11 +166,17 @@ impl MultiHeadAttention {
             let t = ws.take(&format!("{p}.{name}"))?;
             Ok(array(&t).reshape(&[(2 * cfg.window_size + 1) as i32, cfg.k_channels() as i32])?)
         };
+        // Projections are 1x1 (a head's channels are picked out of them).
+        let one = |ws: &mut Weights, name: &str| -> Result<Conv1d> {
+            let c = Conv1d::load(ws, &format!("{p}.{name}"))?;
+            c.expect_1x1()?;
+            Ok(c)
+        };
         Ok(Self {
-            conv_q: Conv1d::load(ws, &format!("{p}.conv_q"))?,
-            conv_k: Conv1d::load(ws, &format!("{p}.conv_k"))?,
-            conv_v: Conv1d::load(ws, &format!("{p}.conv_v"))?,
-            conv_o: Conv1d::load(ws, &format!("{p}.conv_o"))?,
+            conv_q: one(ws, "conv_q")?,
+            conv_k: one(ws, "conv_k")?,
+            conv_v: one(ws, "conv_v")?,
+            conv_o: one(ws, "conv_o")?,
             emb_rel_k: rel(ws, "emb_rel_k")?,
             emb_rel_v: rel(ws, "emb_rel_v")?,
             n_heads: cfg.n_heads as i32,
