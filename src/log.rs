@@ -302,8 +302,11 @@ mod tests {
         assert!(t.starts_with("éé"));
     }
 
+    /// What a gated sink wrote, line by line.
+    type Written = Arc<Mutex<Vec<String>>>;
+
     /// A sink that blocks until told to go on, like a pipe nobody reads.
-    fn gated() -> (impl FnMut(&[u8]) -> std::io::Result<()>, mpsc::Sender<()>, Arc<Mutex<Vec<String>>>) {
+    fn gated() -> (impl FnMut(&[u8]) -> std::io::Result<()>, mpsc::Sender<()>, Written) {
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let out = Arc::new(Mutex::new(Vec::new()));
         let seen = out.clone();

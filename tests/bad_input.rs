@@ -536,7 +536,7 @@ fn run_case(d: &Daemon, name: &str, case: impl FnOnce(&Ctx) -> CaseResult) {
     // The valid request: accepted (Queued) before the attack starts.
     let mut bystander = hello(d);
     bystander.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let valid = SynthRequest { stream: name.len() % 2 == 0, ..synth(1, BYSTANDER) };
+    let valid = SynthRequest { stream: name.len().is_multiple_of(2), ..synth(1, BYSTANDER) };
     protocol::write_frame(&mut bystander, &Request::Synthesize(valid)).unwrap();
     match read(&mut bystander) {
         Ok(Some(Reply::Queued { id: 1, .. })) => {}
