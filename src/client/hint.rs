@@ -97,7 +97,8 @@ fn explain_code(code: ErrorCode, message: &str, socket: &Path) -> Failure {
             format!("{message} (raise --timeout-ms, shorten the text, or add workers in daemon.toml)")
         }
         ErrorCode::Overloaded => {
-            format!("ttsd is overloaded: {message} (retry later, or raise queue_capacity / workers in daemon.toml)")
+            // The daemon's message names the limit that was hit and its setting.
+            format!("ttsd is overloaded: {message} (retry later, or raise that setting in daemon.toml)")
         }
         ErrorCode::UnknownVoice => format!("{message} (list the voices with `ttsctl voices`)"),
         ErrorCode::Unavailable => {
