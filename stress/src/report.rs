@@ -64,8 +64,8 @@ pub fn pcts(mut v: Vec<f64>) -> Pcts {
 /// What each fault makes acceptable, per request:
 /// - no fault flag (or `slow`, `grow`: they only delay or bloat the worker):
 ///   `done`;
-/// - `crash` flag: `worker_crashed` (the worker aborts; the one retry on
-///   another worker aborts too: the fault travels with the request);
+/// - `crash` flag: `worker_crashed` (the worker aborts; a crash inside the
+///   worker points at the request, so it is not retried);
 /// - `hang` flag: `worker_crashed` (the worker spins without heartbeats and
 ///   is killed after hang_timeout_ms);
 /// - in flight when the harness SIGKILLed a worker: also `worker_crashed`
