@@ -1,4 +1,8 @@
 //! Typed engine errors: callers (the worker) map them to protocol error codes.
+//!
+//! Owns the error kinds and the engine's `Result`. It never decides what a
+//! client sees (the worker maps and [`super::sanitize`] cleans) and never
+//! logs.
 use thiserror::Error;
 
 use crate::protocol::limits::ParamError;

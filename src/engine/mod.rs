@@ -5,13 +5,22 @@
 //! its own or be shared between threads: MLX and espeak-ng are not thread-safe,
 //! so the daemon's workers call it from their main thread only.
 //!
-//! Layout: `voice_config` (the `.onnx.json`), `onnx` + `weights` (the `.onnx`
-//! initializers, named by the module that consumes them, cached as
-//! safetensors), `files` (size-capped reads of voice files), `phonemize`
-//! (espeak-ng), `split` (long sentences cut to a bounded length), `vits`
-//! (the model), `voice` (one loaded voice: config + model + synthesis loop),
-//! `sanitize` (error text fit for clients), `cpu` (BLAS kernels and the MLX
-//! streams independent tiles are spread over).
+//! Layout, bottom-up (a part uses only the parts before it, and the
+//! protocol's limits):
+//! - `error` (kinds and `Result`), `cancel` (the caller's flag), `thread`
+//!   (the main-thread check);
+//! - `memory` (allocator, RSS), `lanes` (MLX streams and the scheduling of
+//!   independent tiles over them), `cpu` (BLAS kernels and threads, and how
+//!   many lanes), `mlx_info` (`ttsd --version`, GEMM figures);
+//! - `files` (size-capped reads of voice files), `onnx` + `weights` (the
+//!   `.onnx` initializers, named by the module that consumes them, cached as
+//!   safetensors);
+//! - `vits` (the model), `params` (a request's parameters, filled in from
+//!   the voice's defaults), `voice_config` (the `.onnx.json`), `phonemize`
+//!   (espeak-ng), `split` (long sentences cut to a bounded length), `voice`
+//!   (one loaded voice: config + model + synthesis loop), `sanitize` (error
+//!   text fit for clients);
+//! - this file: [`Engine`], the voices of one process.
 
 pub mod cancel;
 pub mod cpu;

@@ -1,5 +1,5 @@
 //! Reads a Piper `.onnx` file into the few ONNX protobuf messages ttsd needs
-//! (owned by the weights helper).
+//! (the weights' source, see [`super::weights`]).
 //!
 //! The messages are hand-written prost structs carrying only the fields used to
 //! name and extract the initializers (weights); every other field is skipped by

@@ -1,8 +1,11 @@
 //! One loaded voice: its `.onnx.json` config and its VITS model, and the
 //! synthesis loop (sentences -> latent -> decoder windows -> PCM chunks).
 //!
+//! Owns a voice's config, model and the checks that they fit together.
 //! Runs on the calling thread only and checks the caller's cancellation flag
-//! between sentences, model stages and decoder windows.
+//! between sentences, model stages and decoder windows. It never fills in
+//! defaults ([`super::params`] does) and never keeps a request's state
+//! between calls.
 use std::path::Path;
 use std::time::Instant;
 
@@ -35,8 +38,8 @@ const FIRST_WINDOW_FRAMES: usize = 24;
 const WINDOW_FRAMES: usize = 192;
 /// Decoder window when not streaming (about 24 s of audio at 22.05 kHz):
 /// most sentences decode in one piece (a second window costs its overlap
-/// and a pause while the lanes drain: 7% on a 13.5 s sentence), while the
-/// decoder's memory stays bounded for a very long one.
+/// and a pause while the lanes drain), while the decoder's memory stays
+/// bounded for a very long one.
 const WHOLE_WINDOW_FRAMES: usize = 2048;
 
 pub struct Voice {

@@ -1,10 +1,10 @@
-//! The voice's `NAME.onnx.json` (Piper's voice config), owned by the weights
-//! helper.
+//! The voice's `NAME.onnx.json` (Piper's voice config).
 //!
-//! Reads and validates the fields ttsd needs: audio rate and quality, espeak
-//! voice and language, phoneme type and id map, speakers, and the default
-//! inference scales. Plain data only: it never touches MLX or espeak-ng, and a
-//! bad file is an `EngineError::VoiceLoad` naming the problem, never a panic.
+//! Owns reading and validating the fields ttsd needs: audio rate and
+//! quality, espeak voice and language, phoneme type and id map, speakers,
+//! and the default inference scales (held to the protocol's limits). Plain
+//! data only: it never touches MLX or espeak-ng, and a bad file is an
+//! `EngineError::VoiceLoad` naming the problem, never a panic.
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 

@@ -2,6 +2,12 @@
 //! `conv_pre`, then per upsampling stage a leaky ReLU, a transposed
 //! convolution and the mean of the multi-receptive-field residual blocks,
 //! then `conv_post` and tanh. Weight norm was folded at export.
+//!
+//! Owns the decoder's layers and its tiling (stages run in cache-sized
+//! tiles spread over the lanes, equal to the whole-array computation). It
+//! never evaluates except through [`crate::engine::lanes`], and never
+//! changes the model's arithmetic beyond folding constant scales into
+//! weights at load.
 use mlx_rs::{ops, Array};
 
 use super::math::{self, leaky_relu};
@@ -15,8 +21,8 @@ use crate::engine::weights::Weights;
 const LRELU_SLOPE: f32 = 0.1;
 
 /// Elements per tile (rows x channels) when running the residual blocks and
-/// the output conv: 2 MiB of float32, which stays in cache (measured here on
-/// 2 lanes, 522 frames: 2^18 97 ms, 2^19 93 ms, 2^20 96-108 ms).
+/// the output conv: 2 MiB of float32, which stays in cache (the fastest of
+/// the sizes tried; figures in docs/engine.md).
 const TILE_ELEMENTS: usize = 1 << 19;
 
 /// Residual block: type 1 (`convs1`/`convs2` pairs) or type 2 (`convs`).

@@ -5,6 +5,10 @@
 //! this direction, as in VITS). ConvFlow is a rational-quadratic spline
 //! coupling with linear tails. Voices trained without SDP have the plain
 //! convolutional predictor, also supported.
+//!
+//! Owns both predictors' layers. It never reads durations back to the host
+//! (the caller does, once per sentence) and never evaluates beyond queueing
+//! each flow as it is built.
 use std::f32::consts::FRAC_1_SQRT_2;
 
 use mlx_rs::{ops, Array};

@@ -2,6 +2,10 @@
 //! Mean-only residual coupling layers, each around a WaveNet-style stack
 //! (`WN`: gated dilated convolutions with residual and skip outputs),
 //! alternating with channel flips.
+//!
+//! Owns the flow's layers and how a sentence is cut into windows for the
+//! lanes. It never runs the forward (training) direction, and the flips are
+//! folded into weights at load, never run per sentence.
 use mlx_rs::{ops, Array};
 
 use super::math;
@@ -131,16 +135,15 @@ impl CouplingLayer {
 }
 
 /// Sequences of at least this many receptive radii per lane run in
-/// windows on the lanes; shorter ones whole, on BLAS threads (measured here
-/// with 2 lanes, whole vs windows: 468 frames 31 vs 35 ms, 605 frames 40 vs
-/// 42, about even from 680, windows ahead by 1187 frames; 4 radii per lane
-/// were the limit before BLAS threads).
+/// windows on the lanes; shorter ones whole, on BLAS threads, where the
+/// windows' overlap would cost more than the other lanes give (the
+/// crossover on 2 lanes; figures in docs/engine.md).
 const WINDOW_RADII: usize = 7;
 
 /// Most frames one window covers (about 48 s of audio at 22.05 kHz): a
 /// sentence slowed down by `length_scale` runs in more windows than lanes,
-/// so the flow's memory does not grow with its length (whole, 34k frames
-/// took over a gigabyte). Sentences of ordinary length never reach it.
+/// so the flow's memory does not grow with its length. Sentences of
+/// ordinary length never reach it.
 const MAX_WINDOW_FRAMES: usize = 4096;
 
 pub struct Flow {

@@ -1,32 +1,36 @@
-//! `exp`, `softmax`, `tanh` and `erf` built from MLX's
-//! add/multiply/divide (and an integer view for `exp`'s power of two),
-//! accurate to a few float32 ulps (`tanh` to 1.2e-6).
+//! The model's element-wise functions: `exp`, `softmax`, `tanh` and `erf`
+//! built from MLX's add/multiply/divide (and an integer view for `exp`'s
+//! power of two), accurate to a few float32 ulps (`tanh` to 1.2e-6), and
+//! the activations built on them (GELU, ReLU, leaky ReLU).
 //!
 //! Why: MLX's CPU build for x86-64 has no SIMD path for transcendental
 //! functions; `exp`, `tanh`, `sigmoid` and `erf` run one element at a time
-//! through libm's `fmaf` (about 15-24 ns per element here), while add,
-//! multiply and divide are vectorised (0.1-0.4 ns). The flow's gates alone
-//! are millions of `tanh`/`sigmoid` per sentence. The polynomials are the
+//! through libm, tens of times slower per element than the vectorised add,
+//! multiply and divide. The flow's gates alone are millions of
+//! `tanh`/`sigmoid` per sentence. The polynomials are the
 //! minimax fits Eigen uses for its float `erf`, and for `tanh` a cheaper fit
-//! of our own (1.2e-6, eight operations fewer than Eigen's). Never evaluates.
+//! of our own (1.2e-6, eight operations fewer than Eigen's).
 //!
 //! Each polynomial is fifteen to twenty MLX operations, and an operation costs a
 //! few microseconds to build and dispatch whatever its size: below
 //! [`SCALAR_BELOW`] elements ([`ERF_SCALAR_BELOW`] for `erf`: short
 //! sentences, the duration predictor) MLX's own one-element-at-a-time
 //! functions are cheaper, and are used.
+//!
+//! Owns these functions only: no weights, no layers. It never evaluates and
+//! never imports the layers in [`super::ops`].
 use mlx_rs::{ops, Array};
 
 use crate::engine::error::Result;
 
-/// Arrays smaller than this use MLX's scalar `exp` and `tanh` (measured
-/// crossover here: about 6k elements for `tanh`, 8k for `exp`).
+/// Arrays smaller than this use MLX's scalar `exp` and `tanh`: below it a
+/// polynomial's cost per operation outweighs its speed per element (the
+/// crossover; figures in docs/engine.md).
 pub const SCALAR_BELOW: usize = 6144;
 
-/// The same for `erf`, whose scalar form is dearer (about 25 ns an
-/// element): measured here, 24 GELUs on [31, 192] (the duration predictor
-/// of "Hello world."), 157 us each through MLX's `erf`, 106 through the
-/// polynomial; even at about 3k elements.
+/// The same for `erf`, whose scalar form is dearer, so that the polynomial
+/// pays from fewer elements (the duration predictor's GELUs on a short
+/// sentence; figures in docs/engine.md).
 pub const ERF_SCALAR_BELOW: usize = 4096;
 
 fn small(x: &Array) -> bool {
@@ -253,7 +257,7 @@ mod tests {
             let xs: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32 - 0.5) * 12.0).collect();
             let x = Array::from_slice(&xs, &[n as i32]);
             let h = c(std::f32::consts::FRAC_1_SQRT_2);
-            let got = ops::multiply(&gelu_halved(&ops::multiply(&x, &h).unwrap()).unwrap(), &h).unwrap();
+            let got = ops::multiply(gelu_halved(&ops::multiply(&x, &h).unwrap()).unwrap(), &h).unwrap();
             let erf = ops::erf(ops::multiply(&x, &h).unwrap()).unwrap();
             let want = ops::multiply(ops::multiply(&x, c(0.5)).unwrap(), ops::add(&erf, c(1.0)).unwrap()).unwrap();
             let diff = ops::subtract(&got, &want).unwrap();

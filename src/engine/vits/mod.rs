@@ -9,6 +9,11 @@
 //! sequence there is no padding, so VITS's masks are all ones and omitted.
 //! Nothing here evaluates eagerly except where host values are needed (the
 //! durations); the caller evaluates once per chunk.
+//!
+//! Owns the config inferred from the weights and the order of the stages;
+//! each stage is its own file, the layers are [`ops`] and the element-wise
+//! functions [`math`]. It never reads voice files (it is handed
+//! [`Weights`]), never touches espeak-ng, and never schedules lanes itself.
 pub mod decoder;
 pub mod duration;
 pub mod flow;

@@ -4,6 +4,10 @@
 //!
 //! Shapes (batch 1, time-major): ids `[L]` -> hidden `[L, H]` ->
 //! `m_p`, `logs_p` `[L, C]` (C = inter channels, H = hidden channels).
+//!
+//! Owns the encoder's layers, and how a long sentence's layers are spread
+//! over the lanes (heads, then row ranges), equal to the one-lane result.
+//! It never checks ids (the voice does, before it is called).
 use mlx_rs::{ops, Array};
 
 use super::math::{self, relu};
@@ -114,8 +118,8 @@ impl TextEncoder {
 
 /// Sequences shorter than this run whole on one lane with BLAS threads:
 /// below it the lanes' per-head and per-range pieces cost more in
-/// dispatch and margins than they gain (measured here with 2 lanes, 64 ids:
-/// 6.6 ms whole vs 9.8 on lanes; 160 ids: 12.3 vs 15.7; 220 ids: 17.9 vs 17.2).
+/// dispatch and margins than they gain (the crossover on 2 lanes; figures
+/// in docs/engine.md).
 const MIN_ROWS_FOR_LANES: usize = 200;
 
 impl EncoderLayer {
