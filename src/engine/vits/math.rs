@@ -44,9 +44,12 @@ fn c(v: f32) -> Array {
 /// `x * p(x2) / q(x2)` with Horner's rule; coefficients lowest degree first.
 fn odd_rational(x: &Array, x2: &Array, p: &[f32], q: &[f32]) -> Result<Array> {
     let horner = |coeffs: &[f32]| -> Result<Array> {
-        let (last, rest) = coeffs.split_last().expect("non-empty");
-        let mut acc = ops::add(&ops::multiply(x2, c(*last))?, c(*rest.last().expect("degree >= 1")))?;
-        for &k in rest.iter().rev().skip(1) {
+        let [lower @ .., next, last] = coeffs else {
+            // Degree 0 (or no terms): a constant.
+            return Ok(c(coeffs.first().copied().unwrap_or(0.0)));
+        };
+        let mut acc = ops::add(&ops::multiply(x2, c(*last))?, c(*next))?;
+        for &k in lower.iter().rev() {
             acc = ops::add(&ops::multiply(&acc, x2)?, c(k))?;
         }
         Ok(acc)
