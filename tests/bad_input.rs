@@ -13,6 +13,10 @@
 //! The cases at the end guard the resource bounds of issue 15 (echoed
 //! input, unread replies, log volume, idle connections, one client taking
 //! the queue, a stalled log reader); each failed before its fix.
+//!
+//! Must not rely on the order the cases run in or on a wall-clock bound
+//! under a second; every read is bounded (20 s), so a stuck daemon fails a
+//! case and never hangs the suite.
 mod common;
 
 use common::*;

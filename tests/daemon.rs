@@ -1,5 +1,16 @@
 //! End-to-end tests of the daemon with the real bundled voice: each starts
-//! its own ttsd on a temporary socket (see `common`).
+//! its own ttsd on a temporary socket (see `common`). Covers the protocol
+//! rules (handshake, malformed and oversized frames, refusals before any
+//! worker, max_connections, one daemon per socket), voices that are
+//! missing or corrupt (degraded but answering), `ttsctl health`'s exit
+//! codes, and the workers' life: requests served by the same processes, a
+//! killed busy worker, short deadlines, a stopped worker found by its
+//! heartbeat.
+//!
+//! Must not rely on another test's daemon, on which worker takes a request,
+//! or on a wall-clock bound under a second (waits poll up to 5-60 s).
+//! Tests named `needs_root_*` are `#[ignore]`d and never run as a normal
+//! user.
 mod common;
 
 use common::*;

@@ -8,6 +8,10 @@
 //! be called on a process's main thread (asserted in test builds), and
 //! libtest runs every test on a thread of its own. `main` runs the tests in
 //! turn on the main thread and reports like libtest.
+//!
+//! Compares within tolerances (relative error, correlation, max
+//! difference), never bit-exact audio against the reference, and never
+//! asserts time; it must not call the engine off the main thread.
 use std::path::{Path, PathBuf};
 
 use ttsd::engine::{Chunk, Engine, EngineError, SynthInput, SynthParams, Voice};

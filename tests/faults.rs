@@ -1,5 +1,14 @@
 //! Fault-injection tests: workers that crash, hang, stall or bloat on
 //! request. Run with `cargo test --release --features fault-injection`.
+//!
+//! Checks that a hung worker is replaced within hang_timeout and its request
+//! fails; that a crash inside the worker is not retried while a kill from
+//! outside is; that a full queue answers `overloaded` at once; that queue
+//! time counts towards the deadline; that cancel and timeout end a sleeping
+//! job without losing its worker; that a worker over max_rss_mb is recycled
+//! after its request. Must not rely on a wall-clock bound under a second
+//! (the bounds here are 4-30 s, for shared 2-core machines) and never
+//! builds without the feature (the faults are compiled out of ttsd then).
 #![cfg(feature = "fault-injection")]
 mod common;
 

@@ -2,6 +2,9 @@
 //! real voice speaks very long unpunctuated text and long phoneme-id input
 //! to the end within a fixed memory budget, and a request that crashes its
 //! worker is not run again on a second one.
+//!
+//! Memory is asserted, never time: the long requests get deadlines of
+//! 10-30 minutes and must not rely on how fast the machine is.
 mod common;
 
 use common::*;

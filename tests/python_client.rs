@@ -3,6 +3,9 @@
 //! decode the status reply field for field like the Rust client does.
 //! python3 is a requirement of the project (scripts/setup installs it), so a
 //! missing python3 fails this test rather than skipping it.
+//!
+//! Never installs Python packages or relies on anything beyond the standard
+//! library; compares fields with the Rust client, never exact audio bytes.
 mod common;
 
 use common::*;

@@ -6,7 +6,8 @@
 //! Tests named `needs_root_*` act as other uids (chown, setuid) and are
 //! `#[ignore]`d; ./scripts/test runs them with `--ignored` when it is root.
 //! They use `/tmp/ttsd-UID` of uids nobody has (54000 and up) and remove only
-//! what they made there.
+//! what they made there; never a real user's runtime directory or socket,
+//! and never a wall-clock bound under a second (waits poll up to 10 s).
 mod common;
 
 use common::*;

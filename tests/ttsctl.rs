@@ -1,6 +1,12 @@
 //! ttsctl end to end: the real binary against a real daemon (see `common`),
-//! one module per area: say, unreachable daemons, status and friends,
-//! streaming latency, and socket activation.
+//! one module per area: say, unreachable daemons, refused connections,
+//! status and friends, streaming latency, socket activation, and
+//! PROTOCOL.md's annotated session checked against the encoder.
+//!
+//! Must not rely on an audio player being installed (play is tested with
+//! fakes on PATH) or on a wall-clock bound under a second: latency is
+//! asserted as a ratio (first audio before 30% of the last), never in
+//! milliseconds.
 mod common;
 
 use common::*;

@@ -1,6 +1,10 @@
 //! Issue 15, voices that cannot load: a real daemon with the real voice and
 //! broken copies of it. A bad voice is reported in status and answers
 //! `unavailable` with its reason; the good voices keep serving.
+//!
+//! The broken voices are copies in a temporary directory; it never writes
+//! to voices/ and must not rely on how long loading takes (waits poll up to
+//! 120 s).
 mod common;
 
 use common::*;

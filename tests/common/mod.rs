@@ -1,7 +1,10 @@
 //! Test harness: a real ttsd on a temporary socket with a test config.
 //!
 //! Owns starting, signalling and reaping the daemon under test; a test that
-//! panics gets the daemon's log printed. Never shared between tests.
+//! panics gets the daemon's log printed. Never shared between tests, never
+//! leaves a daemon running once dropped (SIGTERM, then SIGKILL), and never
+//! waits without a bound (start-up and readiness waits give up after
+//! 10-120 s, with the log).
 #![allow(dead_code)]
 use std::io::Read;
 use std::os::unix::net::UnixStream;
