@@ -3,7 +3,8 @@
 //!
 //! Each attack runs on its own connection and reports whether the daemon
 //! answered as PROTOCOL.md says. Requests sent here are not load requests:
-//! the client gives up on them on purpose.
+//! the client gives up on them on purpose, so they never reach the
+//! [`crate::track::Tracker`] and never count in the load's invariants.
 use crate::conn::{handshake, MAX_REPLY};
 use crate::texts::LONG;
 use serde::Serialize;

@@ -86,28 +86,48 @@ struct Counters {
     idle_closed: AtomicU64,
 }
 
-/// The attackers of one phase: their stop flag and their sockets, so that
-/// a writer blocked on a daemon that stopped reading can be woken.
-struct Phase {
+/// What every attacker of a phase shares: the phase's stop flag and its
+/// sockets, so that a writer blocked on a daemon that stopped reading can
+/// be woken.
+#[derive(Clone, Default)]
+struct PhaseCtl {
     stop: Arc<AtomicBool>,
     sockets: Arc<Mutex<Vec<UnixStream>>>,
+}
+
+impl PhaseCtl {
+    fn over(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Keep a handle on `s`, to shut it down when the phase ends.
+    fn register(&self, s: &UnixStream) {
+        if let Ok(c) = s.try_clone() {
+            self.sockets.lock().unwrap().push(c);
+        }
+    }
+}
+
+/// The attackers of one phase.
+struct Phase {
+    ctl: PhaseCtl,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Phase {
     fn new() -> Self {
-        Self { stop: Arc::new(AtomicBool::new(false)), sockets: Arc::default(), threads: Vec::new() }
+        Self { ctl: PhaseCtl::default(), threads: Vec::new() }
     }
 
-    fn spawn(&mut self, f: impl FnOnce(Arc<AtomicBool>, Arc<Mutex<Vec<UnixStream>>>) + Send + 'static) {
-        let (stop, sockets) = (self.stop.clone(), self.sockets.clone());
-        self.threads.push(std::thread::spawn(move || f(stop, sockets)));
+    fn spawn(&mut self, f: impl FnOnce(PhaseCtl) + Send + 'static) {
+        let ctl = self.ctl.clone();
+        self.threads.push(std::thread::spawn(move || f(ctl)));
     }
 
     /// Stop every attacker of the phase and wait for them.
     fn end(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for s in self.sockets.lock().unwrap().drain(..) {
+        self.ctl.stop.store(true, Ordering::SeqCst);
+        for s in self.ctl.sockets.lock().unwrap().drain(..) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         for t in self.threads {
@@ -118,13 +138,11 @@ impl Phase {
 
 /// Hello on a new connection, registered with the phase so that it can be
 /// shut down from outside; `None` once the phase is over.
-fn attacker(path: &Path, name: &str, stop: &AtomicBool, sockets: &Mutex<Vec<UnixStream>>) -> Option<UnixStream> {
-    while !stop.load(Ordering::SeqCst) {
+fn attacker(path: &Path, name: &str, ctl: &PhaseCtl) -> Option<UnixStream> {
+    while !ctl.over() {
         match handshake(path, name) {
             Ok(s) => {
-                if let Ok(c) = s.try_clone() {
-                    sockets.lock().unwrap().push(c);
-                }
+                ctl.register(&s);
                 // Writes block while the daemon is not reading: that is the
                 // point. A stuck write is ended by the phase's shutdown.
                 let _ = s.set_write_timeout(None);
@@ -137,20 +155,20 @@ fn attacker(path: &Path, name: &str, stop: &AtomicBool, sockets: &Mutex<Vec<Unix
     None
 }
 
-/// Pipeline `frame` on connection after connection until the phase ends.
+/// Pipeline `frame` on connection after connection until the phase ends;
+/// `count` gets each frame's size, `connected` each new connection.
 fn pipeline_forever(
     path: PathBuf,
     name: &'static str,
     frame: Vec<u8>,
-    stop: Arc<AtomicBool>,
-    sockets: Arc<Mutex<Vec<UnixStream>>>,
+    ctl: PhaseCtl,
     count: impl Fn(u64),
     connected: impl Fn(),
 ) {
-    while let Some(mut s) = attacker(&path, name, &stop, &sockets) {
+    while let Some(mut s) = attacker(&path, name, &ctl) {
         connected();
         // Until the daemon drops us (not reading) or the phase ends.
-        while !stop.load(Ordering::SeqCst) && s.write_all(&frame).is_ok() {
+        while !ctl.over() && s.write_all(&frame).is_ok() {
             count(frame.len() as u64);
         }
     }
@@ -225,12 +243,12 @@ fn start(name: &str, target: &Target, counters: &Arc<Counters>, phase: &mut Phas
             let frame = protocol::encode(&req).expect("fits a frame");
             for _ in 0..AMPLIFIERS {
                 let (path, frame, c) = (target.socket.clone(), frame.clone(), counters.clone());
-                phase.spawn(move |stop, sockets| {
+                phase.spawn(move |ctl| {
                     let count = move |n| {
                         c.amplifier_requests.fetch_add(1, Ordering::Relaxed);
                         c.amplifier_bytes.fetch_add(n, Ordering::Relaxed);
                     };
-                    pipeline_forever(path, "hostile-amplifier", frame, stop, sockets, count, || {})
+                    pipeline_forever(path, "hostile-amplifier", frame, ctl, count, || {})
                 });
             }
         }
@@ -241,14 +259,13 @@ fn start(name: &str, target: &Target, counters: &Arc<Counters>, phase: &mut Phas
                 // repeat across a connection's life, so one frame serves.
                 let req = Request::Synthesize(SynthRequest { id: i as u64, ..SynthRequest::text("Hi.") });
                 let frame = protocol::encode(&req).expect("small");
-                phase.spawn(move |stop, sockets| {
+                phase.spawn(move |ctl| {
                     let c2 = c.clone();
                     pipeline_forever(
                         path,
                         "hostile-flood",
                         frame,
-                        stop,
-                        sockets,
+                        ctl,
                         move |_| {
                             c.flood_requests.fetch_add(1, Ordering::Relaxed);
                         },
@@ -262,7 +279,7 @@ fn start(name: &str, target: &Target, counters: &Arc<Counters>, phase: &mut Phas
         "idle" => {
             for _ in 0..target.max_connections + IDLE_EXTRA {
                 let (path, c) = (target.socket.clone(), counters.clone());
-                phase.spawn(move |stop, sockets| idle_forever(&path, &stop, &sockets, &c));
+                phase.spawn(move |ctl| idle_forever(&path, &ctl, &c));
             }
         }
         _ => {}
@@ -270,8 +287,8 @@ fn start(name: &str, target: &Target, counters: &Arc<Counters>, phase: &mut Phas
 }
 
 /// Say Hello, then nothing; when the daemon closes the connection, again.
-fn idle_forever(path: &Path, stop: &AtomicBool, sockets: &Mutex<Vec<UnixStream>>, c: &Counters) {
-    while !stop.load(Ordering::SeqCst) {
+fn idle_forever(path: &Path, ctl: &PhaseCtl, c: &Counters) {
+    while !ctl.over() {
         let mut s = match handshake(path, "hostile-idle") {
             Ok(s) => s,
             Err(_) => {
@@ -281,13 +298,11 @@ fn idle_forever(path: &Path, stop: &AtomicBool, sockets: &Mutex<Vec<UnixStream>>
             }
         };
         c.idle_connections.fetch_add(1, Ordering::Relaxed);
-        if let Ok(clone) = s.try_clone() {
-            sockets.lock().unwrap().push(clone);
-        }
+        ctl.register(&s);
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         // Silent; waiting only to see the daemon close it.
         loop {
-            if stop.load(Ordering::SeqCst) {
+            if ctl.over() {
                 return;
             }
             match protocol::read_frame::<Reply, _>(&mut s, MAX_REPLY) {
@@ -346,11 +361,17 @@ fn probe(socket: &Path, stop: &AtomicBool) -> (Vec<f64>, Vec<String>) {
     (times, failures)
 }
 
-/// The hostile criteria, PASS/FAIL each.
+/// The hostile criteria, PASS/FAIL each, in the order they are printed;
+/// and the health percentiles.
 pub fn invariants(h: &HostileLog, max_connections: usize) -> (Vec<Invariant>, Pcts) {
-    let mut inv = Vec::new();
-    let mut check = |name: String, pass: bool, detail: String| inv.push(Invariant { name, pass, detail });
-    check(
+    let p = pcts(h.health_ms.clone());
+    let inv = vec![peak_rss(h), rss_given_back(h), log_bounded(h), health_answered(h, &p), attacks_ran(h, max_connections)];
+    (inv, p)
+}
+
+/// The supervisor's peak RSS (VmHWM, and the samples) stayed under the bound.
+fn peak_rss(h: &HostileLog) -> Invariant {
+    Invariant::new(
         format!("hostile: supervisor peak RSS under {MAX_SUPERVISOR_RSS_MIB} MiB"),
         h.supervisor_peak_mib > 0.0 && h.supervisor_peak_mib < MAX_SUPERVISOR_RSS_MIB,
         format!(
@@ -358,22 +379,36 @@ pub fn invariants(h: &HostileLog, max_connections: usize) -> (Vec<Invariant>, Pc
             h.supervisor_peak_mib,
             h.rss_marks.iter().map(|(n, r)| format!("{n} {r:.1}")).collect::<Vec<_>>().join(", ")
         ),
-    );
+    )
+}
+
+/// After the quiet phase the supervisor is back near its RSS before the attacks.
+fn rss_given_back(h: &HostileLog) -> Invariant {
     let start = h.rss_marks.first().map_or(0.0, |m| m.1);
     let end = h.rss_marks.last().map_or(0.0, |m| m.1);
-    check(
+    Invariant::new(
         format!("hostile: supervisor RSS given back once the attackers left (within {MAX_RSS_LEFT_MIB} MiB)"),
         end > 0.0 && end - start < MAX_RSS_LEFT_MIB,
         format!("{start:.1} MiB before the attacks, {end:.1} MiB after the quiet phase ({:+.1})", end - start),
-    );
-    check(
+    )
+}
+
+/// The daemon's log stayed small whatever the attackers sent.
+fn log_bounded(h: &HostileLog) -> Invariant {
+    Invariant::new(
         format!("hostile: log output under {} MB", MAX_LOG_BYTES / 1_000_000),
         h.log_bytes < MAX_LOG_BYTES,
         format!("{} bytes of log", h.log_bytes),
-    );
-    let p = pcts(h.health_ms.clone());
-    check(
-        format!("hostile: health p99 under {MAX_HEALTH_P99_MS} ms, none failed (probe every {} ms)", PROBE_EVERY.as_millis()),
+    )
+}
+
+/// Health answered at every probe, and quickly (`p`: the probes' percentiles).
+fn health_answered(h: &HostileLog, p: &Pcts) -> Invariant {
+    Invariant::new(
+        format!(
+            "hostile: health p99 under {MAX_HEALTH_P99_MS} ms, none failed (probe every {} ms)",
+            PROBE_EVERY.as_millis()
+        ),
         p.n > 0 && p.p99 < MAX_HEALTH_P99_MS && h.health_failures.is_empty(),
         format!(
             "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} probes; {} failed{}",
@@ -384,12 +419,14 @@ pub fn invariants(h: &HostileLog, max_connections: usize) -> (Vec<Invariant>, Pc
             h.health_failures.len(),
             h.health_failures.first().map_or(String::new(), |f| format!(" (first: {f})"))
         ),
-    );
-    // An attack that did not happen tests nothing: say so.
-    let ran = h.amplifier_requests >= 100 && h.flood_requests >= 1000 && h.idle_connections > max_connections as u64;
-    check(
-        "hostile: every attack ran".into(),
-        ran,
+    )
+}
+
+/// An attack that did not happen tests nothing: say so.
+fn attacks_ran(h: &HostileLog, max_connections: usize) -> Invariant {
+    Invariant::new(
+        "hostile: every attack ran",
+        h.amplifier_requests >= 100 && h.flood_requests >= 1000 && h.idle_connections > max_connections as u64,
         format!(
             "amplification {} requests ({} MiB); flood {} requests on {} connections; idle {} connections \
              ({} closed by the daemon, {} refused while full)",
@@ -401,6 +438,61 @@ pub fn invariants(h: &HostileLog, max_connections: usize) -> (Vec<Invariant>, Pc
             h.idle_closed_by_daemon,
             h.idle_refused
         ),
-    );
-    (inv, p)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run that meets every criterion.
+    fn good() -> HostileLog {
+        HostileLog {
+            health_ms: vec![0.1; 300],
+            amplifier_requests: 3000,
+            amplifier_bytes: 3000 << 20,
+            flood_requests: 30_000,
+            flood_connections: 32,
+            idle_connections: 120,
+            idle_closed_by_daemon: 100,
+            rss_marks: vec![("amplification".into(), 10.0), ("quiet".into(), 11.0), ("end".into(), 11.0)],
+            supervisor_peak_mib: 18.0,
+            log_bytes: 20_000,
+            ..HostileLog::default()
+        }
+    }
+
+    fn failed(h: &HostileLog) -> Vec<String> {
+        invariants(h, 64).0.into_iter().filter(|i| !i.pass).map(|i| i.name).collect()
+    }
+
+    #[test]
+    fn a_good_run_passes_every_criterion() {
+        let (inv, p) = invariants(&good(), 64);
+        assert_eq!(inv.len(), 5);
+        assert!(inv.iter().all(|i| i.pass), "{inv:?}");
+        assert_eq!(p.n, 300);
+        assert_eq!(inv[1].detail, "10.0 MiB before the attacks, 11.0 MiB after the quiet phase (+1.0)");
+    }
+
+    #[test]
+    fn each_criterion_fails_on_its_own() {
+        let f = failed(&HostileLog { supervisor_peak_mib: MAX_SUPERVISOR_RSS_MIB, ..good() });
+        assert_eq!(f, [format!("hostile: supervisor peak RSS under {MAX_SUPERVISOR_RSS_MIB} MiB")]);
+        let kept = vec![("amplification".into(), 10.0), ("end".into(), 10.0 + MAX_RSS_LEFT_MIB)];
+        assert!(failed(&HostileLog { rss_marks: kept, ..good() })[0].contains("given back"));
+        assert!(failed(&HostileLog { log_bytes: MAX_LOG_BYTES, ..good() })[0].contains("log output"));
+        let slow = HostileLog { health_ms: vec![MAX_HEALTH_P99_MS; 10], ..good() };
+        assert!(failed(&slow)[0].contains("health p99"));
+        let refused = HostileLog { health_failures: vec!["t=1.0s connect: refused".into()], ..good() };
+        assert!(failed(&refused)[0].contains("none failed"));
+        assert!(failed(&HostileLog { flood_requests: 999, ..good() })[0].contains("every attack ran"));
+        assert!(failed(&HostileLog { idle_connections: 64, ..good() })[0].contains("every attack ran"));
+    }
+
+    #[test]
+    fn nothing_measured_is_a_failure() {
+        // No RSS read, no probe answered: nothing shows the bounds held.
+        assert_eq!(failed(&HostileLog::default()).len(), 4, "only the log bound holds with no log");
+    }
 }

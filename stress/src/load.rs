@@ -4,6 +4,8 @@
 //!
 //! Owns request ids (globally unique: client index in the high bits, so the
 //! status reply's `current_request` names one request) and the "lost" verdict.
+//! Never waits on a request past its `wait_limit` (it is then lost and its
+//! connection dropped), and a closed-loop client never has two in flight.
 use crate::conn::{ConnEvent, LoadConn};
 use crate::texts::{self, Rng};
 use crate::track::{FlagFault, Record, Tracker};
@@ -50,16 +52,18 @@ pub fn id_base(client: usize) -> u64 {
     (client as u64 + 1) << 32
 }
 
+/// A load request to make: who sends it, its id, what it says, and how.
+pub struct NewRequest<'a> {
+    pub client: usize,
+    pub id: u64,
+    pub text: (texts::TextKind, &'a str),
+    pub stream: bool,
+    pub fault: Option<FlagFault>,
+}
+
 /// One synthesize request and its record (not yet sent).
-pub fn make_request(
-    tracker: &Tracker,
-    client: usize,
-    id: u64,
-    text: (texts::TextKind, &str),
-    stream: bool,
-    fault: Option<FlagFault>,
-    timeout_ms: u64,
-) -> (Request, Record) {
+pub fn make_request(tracker: &Tracker, n: NewRequest, timeout_ms: u64) -> (Request, Record) {
+    let NewRequest { client, id, text, stream, fault } = n;
     let now = Instant::now();
     let req = SynthRequest {
         id,
@@ -136,16 +140,9 @@ pub fn run_client(client: usize, spec: LoadSpec, budget: Budget, tracker: Tracke
             break;
         }
         if pending.len() < max_in_flight && now >= next_send && budget.take() {
-            let text = texts::pick(&mut rng);
-            let stream = rng.chance(spec.stream_fraction);
-            let fault = if !spec.fault_kinds.is_empty() && rng.chance(spec.fault_fraction) {
-                Some(spec.fault_kinds[rng.below(spec.fault_kinds.len())])
-            } else {
-                None
-            };
             let id = next_id;
             next_id += 1;
-            let (req, rec) = make_request(&tracker, client, id, text, stream, fault, spec.timeout_ms);
+            let (req, rec) = make_request(&tracker, draw(&mut rng, &spec, client, id), spec.timeout_ms);
             tracker.sent(rec);
             pending.insert(id, now + spec.wait_limit);
             if let Some(i) = interval {
@@ -175,24 +172,43 @@ pub fn run_client(client: usize, spec: LoadSpec, budget: Budget, tracker: Tracke
             }
             Err(_) => {}
         }
-        let now = Instant::now();
-        let overdue: Vec<u64> = pending.iter().filter(|(_, &t)| now > t).map(|(&id, _)| id).collect();
-        if !overdue.is_empty() {
-            for id in overdue {
-                pending.remove(&id);
-                tracker.lost(id, &format!("no terminal reply within {:?}", spec.wait_limit), now);
-            }
+        if expire_overdue(&mut pending, &tracker, spec.wait_limit) {
             // Whatever comes late on this connection is not waited for.
             conn = None;
         }
     }
 }
 
+/// The next request of a load client: a text from the mix, streamed or
+/// not, with a fault flag or not, as the spec's fractions say.
+fn draw(rng: &mut Rng, spec: &LoadSpec, client: usize, id: u64) -> NewRequest<'static> {
+    let text = texts::pick(rng);
+    let stream = rng.chance(spec.stream_fraction);
+    let fault = if !spec.fault_kinds.is_empty() && rng.chance(spec.fault_fraction) {
+        Some(spec.fault_kinds[rng.below(spec.fault_kinds.len())])
+    } else {
+        None
+    };
+    NewRequest { client, id, text, stream, fault }
+}
+
+/// Mark the requests past their give-up time lost; true if there were any.
+fn expire_overdue(pending: &mut HashMap<u64, Instant>, tracker: &Tracker, wait_limit: Duration) -> bool {
+    let now = Instant::now();
+    let overdue: Vec<u64> = pending.iter().filter(|(_, &t)| now > t).map(|(&id, _)| id).collect();
+    for id in &overdue {
+        pending.remove(id);
+        tracker.lost(*id, &format!("no terminal reply within {wait_limit:?}"), now);
+    }
+    !overdue.is_empty()
+}
+
 /// Send one request on a fresh connection and wait for its end (used for
 /// the scheduled fault-flag requests).
 pub fn one_request(spec: &LoadSpec, tracker: &Tracker, client: usize, id: u64, fault: FlagFault, stream: bool) {
     let text = (texts::TextKind::Short, "Fault injection request.");
-    let (req, rec) = make_request(tracker, client, id, text, stream, Some(fault), spec.timeout_ms);
+    let n = NewRequest { client, id, text, stream, fault: Some(fault) };
+    let (req, rec) = make_request(tracker, n, spec.timeout_ms);
     let mut conn = match LoadConn::open(&spec.socket, "stress-fault", tracker) {
         Ok(c) => c,
         Err(e) => {

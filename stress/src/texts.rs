@@ -1,7 +1,9 @@
 //! The text mix and a small deterministic random source.
 //!
 //! Mostly short texts: on a 2-core machine a short sentence already costs
-//! 0.2-0.5 s of CPU, so long ones are rare.
+//! 0.2-0.5 s of CPU, so long ones are rare. Deterministic from `--seed`:
+//! never draws from the clock or the system's random source, so that a run
+//! can be repeated request for request.
 use serde::Serialize;
 
 /// xorshift64*: reproducible from `--seed`, no dependency.
