@@ -2,7 +2,10 @@
 //! overrides, and the derived values (socket path, worker count, voice paths).
 //!
 //! Owns parsing and validation in one step: a [`Config`] that exists is
-//! valid. It never opens sockets or starts processes.
+//! valid, its settings grouped into sections by what they govern (the
+//! file stays flat: `File` is the only list of its keys). It never opens
+//! sockets or starts processes, and never decides what a change of setting
+//! means for a running daemon (the supervisor's reload does).
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,24 +29,51 @@ pub struct VoiceConfig {
     pub path: PathBuf,
 }
 
-/// Every setting, with its default. See `daemon.toml` for the documentation.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Every setting, grouped by what it governs (the sections of
+/// `daemon.toml`; see that file for each setting's documentation). A SIGHUP
+/// compares the sections as wholes (`supervisor::reload`), so a new setting
+/// joins the section whose reload rule it shares.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub listen: ListenConfig,
+    pub requests: RequestConfig,
+    pub workers: WorkerConfig,
+    pub voices: Vec<VoiceConfig>,
+    /// Filled in from the first voice when the file leaves it empty.
+    pub default_voice: String,
+}
+
+/// The socket and its connections: the front-end's settings. They are
+/// fixed when the socket is bound, so a SIGHUP leaves them until the next
+/// start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenConfig {
     pub socket: String,
     pub socket_group: String,
     pub allowed_uids: Vec<u32>,
     pub allowed_gids: Vec<u32>,
-    pub workers: usize,
-    pub queue_capacity: usize,
     pub max_connections: usize,
     pub max_frame_bytes: usize,
     pub idle_timeout_ms: u64,
-    pub max_requests_per_connection: usize,
+}
+
+/// What a request may be and how long it may wait: applied to every request
+/// that arrives after a SIGHUP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestConfig {
     pub max_text_chars: usize,
     pub default_timeout_ms: u64,
-    pub hang_timeout_ms: u64,
+    pub queue_capacity: usize,
+    pub max_requests_per_connection: usize,
+}
+
+/// The worker processes and how they are supervised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    /// `workers` in the file: processes to run, 0 for one per core.
+    pub count: usize,
     pub heartbeat_ms: u64,
+    pub hang_timeout_ms: u64,
     pub kill_grace_ms: u64,
     pub shutdown_grace_ms: u64,
     pub max_requests: u64,
@@ -52,11 +82,41 @@ pub struct Config {
     pub restart_backoff_min_ms: u64,
     pub restart_backoff_max_ms: u64,
     pub degraded_after_failures: u32,
-    pub voices: Vec<VoiceConfig>,
-    pub default_voice: String,
 }
 
-impl Default for Config {
+/// `daemon.toml` as written: every key at the top level, each with its
+/// built-in default. [`Config`] groups them (`From<File>`); this is the
+/// only place that lists the file's keys.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct File {
+    socket: String,
+    socket_group: String,
+    allowed_uids: Vec<u32>,
+    allowed_gids: Vec<u32>,
+    workers: usize,
+    queue_capacity: usize,
+    max_connections: usize,
+    max_frame_bytes: usize,
+    idle_timeout_ms: u64,
+    max_requests_per_connection: usize,
+    max_text_chars: usize,
+    default_timeout_ms: u64,
+    hang_timeout_ms: u64,
+    heartbeat_ms: u64,
+    kill_grace_ms: u64,
+    shutdown_grace_ms: u64,
+    max_requests: u64,
+    max_requests_jitter: u64,
+    max_rss_mb: u64,
+    restart_backoff_min_ms: u64,
+    restart_backoff_max_ms: u64,
+    degraded_after_failures: u32,
+    voices: Vec<VoiceConfig>,
+    default_voice: String,
+}
+
+impl Default for File {
     fn default() -> Self {
         Self {
             socket: String::new(),
@@ -87,6 +147,72 @@ impl Default for Config {
     }
 }
 
+impl From<File> for Config {
+    fn from(f: File) -> Self {
+        // Destructured without `..`: a key added to File and left out of
+        // its section does not compile.
+        let File {
+            socket,
+            socket_group,
+            allowed_uids,
+            allowed_gids,
+            workers,
+            queue_capacity,
+            max_connections,
+            max_frame_bytes,
+            idle_timeout_ms,
+            max_requests_per_connection,
+            max_text_chars,
+            default_timeout_ms,
+            hang_timeout_ms,
+            heartbeat_ms,
+            kill_grace_ms,
+            shutdown_grace_ms,
+            max_requests,
+            max_requests_jitter,
+            max_rss_mb,
+            restart_backoff_min_ms,
+            restart_backoff_max_ms,
+            degraded_after_failures,
+            voices,
+            default_voice,
+        } = f;
+        Config {
+            listen: ListenConfig {
+                socket,
+                socket_group,
+                allowed_uids,
+                allowed_gids,
+                max_connections,
+                max_frame_bytes,
+                idle_timeout_ms,
+            },
+            requests: RequestConfig { max_text_chars, default_timeout_ms, queue_capacity, max_requests_per_connection },
+            workers: WorkerConfig {
+                count: workers,
+                heartbeat_ms,
+                hang_timeout_ms,
+                kill_grace_ms,
+                shutdown_grace_ms,
+                max_requests,
+                max_requests_jitter,
+                max_rss_mb,
+                restart_backoff_min_ms,
+                restart_backoff_max_ms,
+                degraded_after_failures,
+            },
+            voices,
+            default_voice,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        File::default().into()
+    }
+}
+
 /// Command-line values that win over the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -98,8 +224,9 @@ impl Config {
     /// Parse `text` (the contents of `path`), resolve relative voice paths
     /// against `path`'s directory, and validate.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut cfg: Config =
+        let file: File =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut cfg = Config::from(file);
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
         cfg.resolve_voices(&base);
@@ -144,10 +271,10 @@ impl Config {
 
     pub fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         if let Some(s) = &o.socket {
-            self.socket = s.display().to_string();
+            self.listen.socket = s.display().to_string();
         }
         if let Some(w) = o.workers {
-            self.workers = w;
+            self.workers.count = w;
         }
         self.validate()
     }
@@ -178,36 +305,37 @@ impl Config {
         } else if !self.voices.iter().any(|v| v.name == self.default_voice) {
             return bad(format!("default_voice '{}' is not among the voices", self.default_voice));
         }
+        let (l, r, w) = (&self.listen, &self.requests, &self.workers);
         for (name, v) in [
-            ("queue_capacity", self.queue_capacity as u64),
-            ("max_connections", self.max_connections as u64),
-            ("max_frame_bytes", self.max_frame_bytes as u64),
-            ("idle_timeout_ms", self.idle_timeout_ms),
-            ("max_requests_per_connection", self.max_requests_per_connection as u64),
-            ("max_text_chars", self.max_text_chars as u64),
-            ("default_timeout_ms", self.default_timeout_ms),
-            ("hang_timeout_ms", self.hang_timeout_ms),
-            ("heartbeat_ms", self.heartbeat_ms),
-            ("restart_backoff_min_ms", self.restart_backoff_min_ms),
-            ("degraded_after_failures", self.degraded_after_failures as u64),
+            ("queue_capacity", r.queue_capacity as u64),
+            ("max_connections", l.max_connections as u64),
+            ("max_frame_bytes", l.max_frame_bytes as u64),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("max_requests_per_connection", r.max_requests_per_connection as u64),
+            ("max_text_chars", r.max_text_chars as u64),
+            ("default_timeout_ms", r.default_timeout_ms),
+            ("hang_timeout_ms", w.hang_timeout_ms),
+            ("heartbeat_ms", w.heartbeat_ms),
+            ("restart_backoff_min_ms", w.restart_backoff_min_ms),
+            ("degraded_after_failures", w.degraded_after_failures as u64),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be above 0"));
             }
         }
-        if self.heartbeat_ms * 2 > self.hang_timeout_ms {
+        if w.heartbeat_ms.saturating_mul(2) > w.hang_timeout_ms {
             return bad(format!(
                 "hang_timeout_ms ({}) must be at least twice heartbeat_ms ({})",
-                self.hang_timeout_ms, self.heartbeat_ms
+                w.hang_timeout_ms, w.heartbeat_ms
             ));
         }
-        if self.restart_backoff_max_ms < self.restart_backoff_min_ms {
+        if w.restart_backoff_max_ms < w.restart_backoff_min_ms {
             return bad("restart_backoff_max_ms is below restart_backoff_min_ms".into());
         }
-        if self.max_frame_bytes > crate::protocol::frame::HARD_MAX_FRAME_BYTES {
+        if l.max_frame_bytes > crate::protocol::frame::HARD_MAX_FRAME_BYTES {
             return bad(format!("max_frame_bytes is above {}", crate::protocol::frame::HARD_MAX_FRAME_BYTES));
         }
-        if self.workers > 256 {
+        if w.count > 256 {
             return bad("workers is above 256".into());
         }
         Ok(())
@@ -215,8 +343,8 @@ impl Config {
 
     /// Worker processes to run: `workers`, or one per core when 0.
     pub fn worker_count(&self) -> usize {
-        if self.workers > 0 {
-            self.workers
+        if self.workers.count > 0 {
+            self.workers.count
         } else {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         }
@@ -230,10 +358,10 @@ impl Config {
 
     /// The socket path: `socket`, else [`default_socket_path`].
     pub fn socket_path(&self) -> PathBuf {
-        if self.socket.is_empty() {
+        if self.listen.socket.is_empty() {
             default_socket_path()
         } else {
-            PathBuf::from(&self.socket)
+            PathBuf::from(&self.listen.socket)
         }
     }
 
@@ -274,7 +402,7 @@ mod tests {
         assert_eq!(cfg.voices[1].path, PathBuf::from("/abs/b.onnx"));
         assert_eq!(cfg.default_voice, "a");
         assert_eq!(cfg.worker_count(), 2);
-        assert_eq!(cfg.queue_capacity, Config::default().queue_capacity);
+        assert_eq!(cfg.requests.queue_capacity, Config::default().requests.queue_capacity);
     }
 
     #[test]
@@ -289,6 +417,21 @@ mod tests {
         assert!(err("workers = \"two\"").contains("workers"));
         assert!(err("idle_timeout_ms = 0").contains("idle_timeout_ms"));
         assert!(err("max_requests_per_connection = 0").contains("max_requests_per_connection"));
+    }
+
+    #[test]
+    fn every_key_lands_in_its_section() {
+        let cfg = Config::from_toml(
+            "socket = \"/s\"\nmax_frame_bytes = 7\nidle_timeout_ms = 8\nqueue_capacity = 9\n\
+             max_requests_per_connection = 10\nworkers = 3\nshutdown_grace_ms = 11\nmax_rss_mb = 12\n",
+            Path::new("d.toml"),
+        )
+        .unwrap();
+        assert_eq!((cfg.listen.socket.as_str(), cfg.listen.max_frame_bytes, cfg.listen.idle_timeout_ms), ("/s", 7, 8));
+        assert_eq!((cfg.requests.queue_capacity, cfg.requests.max_requests_per_connection), (9, 10));
+        assert_eq!((cfg.workers.count, cfg.workers.shutdown_grace_ms, cfg.workers.max_rss_mb), (3, 11, 12));
+        let d = Config::default();
+        assert_eq!((cfg.listen.max_connections, cfg.workers.heartbeat_ms), (d.listen.max_connections, d.workers.heartbeat_ms));
     }
 
     #[test]

@@ -1,11 +1,19 @@
 //! The supervisor: ttsd's default mode. Listens on the Unix socket, queues
 //! requests, and keeps a pool of worker processes healthy.
 //!
-//! Layout: [`socket`] (the socket file and who may connect), [`conn`] (one
-//! client connection: handshake and frames), [`request`] (a request's one
-//! terminal reply), [`validate`] (early request checks), [`pool`] (starting,
-//! talking to and killing workers), [`arbiter`] (the loop that owns all state),
-//! [`memory`] (the supervisor's allocator settings and trims).
+//! Layout, lowest first; a file imports only files listed before it:
+//! - [`outbox`]: one connection's reply sink and its byte caps;
+//!   [`event`]: what the arbiter hears (events, queries, ids);
+//!   [`validate`]: early request checks; [`memory`]: allocator settings.
+//! - [`handle`]: the API a connection uses (admit, sessions, tickets).
+//! - [`request`]: a request's one terminal reply, and the outcome counts.
+//! - [`pool`]: starting, talking to and killing workers.
+//! - [`policy`]: back-off, jitter, hang detection, recycling, retries,
+//!   eviction; [`status`]: health, voices, the Status reply; [`reload`]:
+//!   what a SIGHUP's changes need.
+//! - [`arbiter`]: the one loop that owns all state.
+//! - [`conn`], [`socket`], [`activation`]: the socket and its connections.
+//! - this file: [`run`], which wires them on one runtime.
 //!
 //! Runs on a tokio `current_thread` runtime. It never touches MLX or
 //! espeak-ng: the engine lives in the workers only, so status and health are
@@ -13,18 +21,28 @@
 pub mod activation;
 pub mod arbiter;
 pub mod conn;
+pub mod event;
+pub mod handle;
 pub mod memory;
+pub mod outbox;
+pub mod policy;
 pub mod pool;
+pub mod reload;
 pub mod request;
 pub mod socket;
+pub mod status;
 pub mod validate;
+
+pub use event::{ConnId, Lifecycle, Query, Ticket};
+pub use handle::{Admission, Full, Handle, Session, Stopped, EVENTS_IN_FLIGHT};
 
 use crate::config::{Config, Overrides};
 use crate::protocol::ErrorCode;
-use arbiter::{Arbiter, Event};
+use arbiter::{Arbiter, Links, Settings};
+use event::Event;
 use socket::{PeerPolicy, SocketError};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -40,18 +58,6 @@ pub enum SupervisorError {
     Exe(std::io::Error),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
-}
-
-/// Counts open connections; one is released when its writer ends.
-struct ConnSlot {
-    count: Arc<AtomicUsize>,
-    _flushed: mpsc::Sender<()>,
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// The executable workers are started from: this very binary.
@@ -95,7 +101,7 @@ async fn serve(
         Some(a) => (a.listener, None, a.path.unwrap_or_else(|| PathBuf::from("(socket activation)"))),
         None => {
             let path = cfg.socket_path();
-            let bound = socket::bind(&path, &cfg.socket_group)?;
+            let bound = socket::bind(&path, &cfg.listen.socket_group)?;
             (bound.listener, Some(bound.file), path)
         }
     };
@@ -104,20 +110,17 @@ async fn serve(
     crate::logln!("ttsd: listening on {}", path.display());
 
     let (events_tx, events_rx) = mpsc::unbounded_channel::<Event>();
-    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let (lifecycle_tx, lifecycle_rx) = watch::channel(Lifecycle::Serving);
     let (flushed_tx, mut flushed_rx) = mpsc::channel::<()>(1);
     let connections = Arc::new(AtomicUsize::new(0));
-    let policy = PeerPolicy::from_config(&cfg)?;
-    let max_connections = cfg.max_connections;
+    let policy = PeerPolicy::from_config(&cfg.listen)?;
     let limits = conn::Limits {
-        max_frame: cfg.max_frame_bytes,
-        idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+        max_frame: cfg.listen.max_frame_bytes,
+        idle_timeout: Duration::from_millis(cfg.listen.idle_timeout_ms),
     };
+    let core = Handle::new(events_tx.clone(), lifecycle_rx, connections.clone(), cfg.listen.max_connections, flushed_tx);
 
-    let accept_events = events_tx.clone();
-    let accept_count = connections.clone();
     let accept = tokio::spawn(async move {
-        let mut next_conn = 1u64;
         loop {
             let stream = tokio::select! {
                 r = listener.accept() => match r {
@@ -128,7 +131,7 @@ async fn serve(
                         continue;
                     }
                 },
-                _ = shutdown_rx.changed() => break,
+                _ = core.stopping() => break,
             };
             let allowed = match stream.peer_cred() {
                 Ok(c) => policy.allows(c.uid(), c.gid()),
@@ -138,23 +141,22 @@ async fn serve(
                 tokio::spawn(conn::refuse(stream, ErrorCode::PermissionDenied, "this user may not use ttsd".into()));
                 continue;
             }
-            if accept_count.load(Ordering::SeqCst) >= max_connections {
-                let msg = format!("too many connections (max_connections = {max_connections})");
-                tokio::spawn(conn::refuse(stream, ErrorCode::Overloaded, msg));
-                continue;
+            match core.admit() {
+                Ok(admission) => {
+                    tokio::spawn(conn::serve(stream, core.clone(), limits, admission));
+                }
+                Err(full) => {
+                    tokio::spawn(conn::refuse(stream, ErrorCode::Overloaded, full.to_string()));
+                }
             }
-            accept_count.fetch_add(1, Ordering::SeqCst);
-            let slot = ConnSlot { count: accept_count.clone(), _flushed: flushed_tx.clone() };
-            tokio::spawn(conn::serve(stream, next_conn, accept_events.clone(), limits, slot));
-            next_conn += 1;
         }
         // Stop accepting: new clients get "connection refused" / "no such file".
         drop(listener);
-        drop(flushed_tx);
     });
 
-    let arbiter = Arbiter::new(cfg, config_path, overrides, exe, events_tx, shutdown_tx, connections);
-    let result = arbiter.run(events_rx).await;
+    let settings = Settings { cfg, config_path, overrides, exe };
+    let links = Links { events: events_tx, lifecycle: lifecycle_tx, connections };
+    let result = Arbiter::new(settings, links).run(events_rx).await;
     if let Some(f) = socket_file.as_mut() {
         f.remove();
     }

@@ -2,12 +2,15 @@
 //! ttsd's own binary in worker mode, joined by a socketpair), talking to it,
 //! killing it, and learning that it exited.
 //!
-//! Owns the per-worker tasks (reader, writer, waiter). Before the exec
-//! nothing happens but the spawn itself: the worker creates its engine,
-//! threads and MLX state after it. It never decides when to start or kill a
-//! worker; the arbiter does.
-use super::arbiter::Event;
-use super::request::{Pending, WorkerRef};
+//! Owns the per-worker tasks (reader, writer, waiter) and what the
+//! supervisor knows of each worker ([`WorkerHandle`]: its phase, clocks and
+//! the id of the job it runs). Before the exec nothing happens but the spawn
+//! itself: the worker creates its engine, threads and MLX state after it. It
+//! never decides when to start, recycle or kill a worker (policy and the
+//! arbiter do), and never holds a request: the arbiter owns those, keyed by
+//! the [`JobId`] a worker runs.
+use super::event::{Event, JobId, WorkerId};
+use super::request::WorkerRef;
 use crate::protocol::worker::{FromWorker, ToWorker, MAX_INTERNAL_FRAME};
 use crate::protocol::{self, ErrorCode};
 use std::os::fd::OwnedFd;
@@ -18,8 +21,6 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
-pub type WorkerId = u64;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Loading voices; no Ready yet.
@@ -29,12 +30,6 @@ pub enum Phase {
     Stopping,
 }
 
-/// The job a worker is running.
-pub struct Running {
-    pub job: u64,
-    pub pending: Pending,
-}
-
 pub struct WorkerHandle {
     pub wid: WorkerId,
     pub slot: usize,
@@ -42,7 +37,8 @@ pub struct WorkerHandle {
     /// Configuration generation it was started with (SIGHUP bumps it).
     pub generation: u64,
     pub phase: Phase,
-    pub job: Option<Running>,
+    /// The job it runs; its request is the arbiter's.
+    pub job: Option<JobId>,
     pub started: Instant,
     pub last_heard: Instant,
     pub rss_bytes: u64,
@@ -106,18 +102,26 @@ impl WorkerHandle {
     }
 }
 
+/// What a new worker is: which binary, its place, and what it is told.
+#[derive(Debug)]
+pub struct SpawnSpec<'a> {
+    pub exe: &'a Path,
+    pub wid: WorkerId,
+    pub slot: usize,
+    /// The configuration generation it starts with.
+    pub generation: u64,
+    /// The first message: voices to load, heartbeat interval.
+    pub init: ToWorker,
+    /// Recycle after this many jobs.
+    pub max_jobs: Option<u64>,
+    /// Cores for its engine (`TTSD_THREADS`, unless the operator set it).
+    pub engine_threads: usize,
+}
+
 /// Start a worker: `exe worker`, its socketpair end as stdin, then Init.
-#[allow(clippy::too_many_arguments)]
-pub fn spawn(
-    exe: &Path,
-    wid: WorkerId,
-    slot: usize,
-    generation: u64,
-    init: ToWorker,
-    max_jobs: Option<u64>,
-    engine_threads: usize,
-    events: mpsc::UnboundedSender<Event>,
-) -> std::io::Result<WorkerHandle> {
+/// Its messages and its exit come to the arbiter as `events`.
+pub fn spawn(spec: SpawnSpec<'_>, events: mpsc::UnboundedSender<Event>) -> std::io::Result<WorkerHandle> {
+    let SpawnSpec { exe, wid, slot, generation, init, max_jobs, engine_threads } = spec;
     let (ours, theirs) = StdUnixStream::pair()?;
     // Both ends are close-on-exec; Stdio dup2()s theirs onto the child's fd 0,
     // so no other worker inherits it and its death closes the channel.
@@ -226,42 +230,3 @@ pub fn describe_exit(status: &ExitStatus) -> String {
         status.to_string()
     }
 }
-
-// --- issue 15 (engine/worker): the retry rule's evidence.
-/// Whether a worker's death points at the job it was running, so that
-/// running the job again would most likely kill another worker: a signal
-/// the worker raised on itself (a memory fault, an abort from a failed
-/// allocation or assertion, an illegal instruction, a CPU-time limit) or a
-/// Rust panic (exit code 101). A kill from outside (SIGKILL, SIGTERM: an
-/// operator, the kernel's OOM killer choosing among all processes) or any
-/// other exit says nothing about the job.
-pub fn death_points_at_job(status: &ExitStatus) -> bool {
-    use nix::sys::signal::Signal::*;
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(sig) = status.signal() {
-        return matches!(
-            nix::sys::signal::Signal::try_from(sig),
-            Ok(SIGSEGV | SIGBUS | SIGABRT | SIGILL | SIGFPE | SIGSYS | SIGTRAP | SIGXCPU)
-        );
-    }
-    status.code() == Some(101)
-}
-
-#[cfg(test)]
-mod death_tests {
-    use super::*;
-    use std::os::unix::process::ExitStatusExt;
-
-    #[test]
-    fn crash_signals_and_panics_point_at_the_job_kills_do_not() {
-        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGABRT, libc::SIGILL, libc::SIGFPE] {
-            assert!(death_points_at_job(&ExitStatus::from_raw(sig)), "signal {sig}");
-        }
-        assert!(death_points_at_job(&ExitStatus::from_raw(101 << 8)), "a panic");
-        for sig in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT] {
-            assert!(!death_points_at_job(&ExitStatus::from_raw(sig)), "signal {sig}");
-        }
-        assert!(!death_points_at_job(&ExitStatus::from_raw(4 << 8)), "exit code 4");
-    }
-}
-// --- end issue 15

@@ -11,8 +11,10 @@
 //! reached a worker (refused on arrival, or ended in the queue), which a
 //! client can produce as fast as it can send; the arbiter logs those counts
 //! as one summary per interval. It never decides *which* answer a request
-//! gets.
-use super::conn::{InFlight, Outbound, Outbox};
+//! gets, never talks to a worker, and never writes to a client except
+//! through its connection's [`Outbox`].
+use super::event::ConnId;
+use super::outbox::{InFlight, Outbound, Outbox};
 use crate::protocol::{clip, ErrorCode, Input, Reply, SynthRequest, Totals, ECHO_CHARS};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,9 +23,6 @@ use std::time::{Duration, Instant};
 
 /// Audio samples per Audio frame when audio is not streamed (2 MiB of i16).
 pub const COALESCED_SAMPLES_PER_FRAME: usize = 1 << 20;
-
-/// Identifies a client connection for the daemon's lifetime.
-pub type ConnId = u64;
 
 /// Longest error message a reply carries (a worker's message may quote
 /// the text it failed on).
@@ -327,23 +326,18 @@ impl Drop for Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::conn::Wire;
-    use tokio::sync::mpsc;
+    use crate::supervisor::outbox::{test_channel, Outgoing};
 
-    fn pending(stream: bool) -> (Pending, mpsc::UnboundedReceiver<Wire>, Arc<Outcomes>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn pending(stream: bool) -> (Pending, Outgoing, Arc<Outcomes>) {
+        let (out, rx) = test_channel();
         let outcomes = Arc::new(Outcomes::default());
         let req = SynthRequest { id: 5, stream, ..SynthRequest::text("hello") };
         let now = Instant::now();
-        (Pending::new(1, req, "joe".into(), now, now, Outbox::new(tx), outcomes.clone()), rx, outcomes)
+        (Pending::new(1, req, "joe".into(), now, now, out, outcomes.clone()), rx, outcomes)
     }
 
-    fn frames(rx: &mut mpsc::UnboundedReceiver<Wire>) -> Vec<Reply> {
-        let mut v = Vec::new();
-        while let Ok(w) = rx.try_recv() {
-            v.extend(w.reply());
-        }
-        v
+    fn frames(rx: &mut Outgoing) -> Vec<Reply> {
+        rx.replies()
     }
 
     #[test]
@@ -398,8 +392,7 @@ mod tests {
     #[test]
     fn refusals_and_unrun_requests_are_counted_not_logged() {
         let outcomes = Arc::new(Outcomes::default());
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let out = Outbox::new(tx);
+        let (out, _rx) = test_channel();
         let mk = |id| {
             let req = SynthRequest { id, ..SynthRequest::text("hi") };
             let now = Instant::now();

@@ -7,7 +7,7 @@
 //! anything that is not a socket, never replaces a live socket, never
 //! removes a temporary name it did not bind itself, and never deletes or
 //! truncates the lock file.
-use crate::config::Config;
+use crate::config::ListenConfig;
 use crate::runtime_dir::{self, DirError};
 use nix::unistd::Gid;
 use std::fs::File;
@@ -238,7 +238,7 @@ pub struct PeerPolicy {
 
 impl PeerPolicy {
     /// The policy of `cfg`: a group given the socket file may use it too.
-    pub fn from_config(cfg: &Config) -> Result<Self, SocketError> {
+    pub fn from_config(cfg: &ListenConfig) -> Result<Self, SocketError> {
         let mut gids = cfg.allowed_gids.clone();
         if let Some(g) = group_id(&cfg.socket_group)? {
             gids.push(g.as_raw());
