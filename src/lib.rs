@@ -2,8 +2,11 @@
 //!
 //! # Layout
 //! - [`protocol`]: wire types and framing, shared by clients and the daemon.
-//! - [`supervisor`]: the daemon proper (socket, queue, workers, health); never
-//!   touches MLX or espeak-ng.
+//! - [`supervisor`]: the daemon's core (queue, workers, health, reload);
+//!   knows no wire or socket, never touches MLX or espeak-ng.
+//! - [`frontend`]: the ways in, adapters between a wire and the core's
+//!   `Handle`/`Session`: today the native protocol on the Unix socket
+//!   (listener, peer checks, handshake, framing, its own limits).
 //! - [`worker`]: a worker process, running the engine on its main thread.
 //! - [`engine`]: voices, phonemizer and the VITS model on MLX.
 //! - [`client`]: the library client used by `ttsctl`, tests and the stress
@@ -17,6 +20,7 @@
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod frontend;
 pub mod log;
 pub mod protocol;
 pub mod runtime_dir;

@@ -362,7 +362,7 @@ fn case_too_many_connections(ctx: &Ctx) -> CaseResult {
 /// check itself is tested (and the output says so).
 fn case_other_uid(ctx: &Ctx) -> CaseResult {
     if !nix::unistd::geteuid().is_root() {
-        let p = ttsd::supervisor::socket::PeerPolicy { own_uid: 1000, uids: vec![], gids: vec![] };
+        let p = ttsd::frontend::socket::PeerPolicy { own_uid: 1000, uids: vec![], gids: vec![] };
         return if !p.allows(65534, 65534) && p.allows(1000, 1000) {
             Ok("not root: checked PeerPolicy only (no second user to connect as)".into())
         } else {

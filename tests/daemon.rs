@@ -489,7 +489,7 @@ mod with_voice {
         protocol::write_frame(&mut s, &Request::Synthesize(long)).unwrap();
         // Never read. The daemon must give up on this connection by itself.
         let t = Instant::now();
-        let stall = ttsd::supervisor::conn::WRITE_STALL_TIMEOUT;
+        let stall = ttsd::frontend::native::WRITE_STALL_TIMEOUT;
         loop {
             // The request ends either way (cancelled with the connection, or
             // done first when synthesis outruns the stall timeout); what

@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
             let (mut cfg, path) = ttsd::config::Config::discover(cli.config.as_deref())?;
             let overrides = ttsd::config::Overrides { socket: cli.socket, workers: cli.workers };
             cfg.apply(&overrides)?;
-            if let Err(e) = ttsd::supervisor::run(cfg, path, overrides) {
+            if let Err(e) = ttsd::frontend::run(cfg, path, overrides) {
                 ttsd::logln!("ttsd: {e}");
                 std::process::exit(1);
             }

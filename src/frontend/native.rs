@@ -1,8 +1,13 @@
-//! The native protocol's connections (PROTOCOL.md): handshake, then frames
-//! in (requests for the connection's session) and replies out (written by
-//! the connection's own task from its outbox).
+//! The native front-end (PROTOCOL.md): the Unix socket's listener, and each
+//! connection's handshake, frames in (requests for the connection's
+//! session) and replies out (written by the connection's own task from its
+//! outbox).
 //!
-//! Owns the native wire's rules: Hello first (within [`HELLO_TIMEOUT`]),
+//! Owns the listener: binding the socket (or taking the one systemd
+//! passed), the peer check (`SO_PEERCRED` against the [`PeerPolicy`]),
+//! refusing a client over `max_connections` with `overloaded`, and removing
+//! the socket file once the daemon has stopped. And the native wire's
+//! rules: Hello first (within [`HELLO_TIMEOUT`]),
 //! malformed frames answered and skipped, frames over `max_frame_bytes`
 //! answered and the connection closed, idle connections closed after
 //! `idle_timeout_ms`, reading paused while more than [`READ_PAUSE_BYTES`]
@@ -13,14 +18,18 @@
 //! It never decides anything about a request and never touches the queue
 //! or a worker: it translates frames into calls on its [`Session`] and
 //! replies into frames.
-use super::event::Query;
-use super::handle::{Admission, Handle, Session};
-use super::outbox::{self, CloseReason, Outbound, Outbox, Outgoing};
+use super::activation;
+use super::socket::{self, PeerPolicy, SocketFile};
+use crate::config::Config;
 use crate::protocol::{self, ErrorCode, FrameError, Reply, Request, PROTOCOL_VERSION};
+use crate::supervisor::outbox;
+use crate::supervisor::{Admission, CloseReason, Frontend, Handle, Outbound, Outbox, Outgoing, Query, Session};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
 
 /// Longest a single frame may wait for a client to read it.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +44,99 @@ pub struct Limits {
     pub max_frame: usize,
     /// Close a connection with nothing in flight and no frame for this long.
     pub idle_timeout: Duration,
+}
+
+/// The native front-end, listening and not yet serving.
+#[derive(Debug)]
+pub struct Native {
+    listener: std::os::unix::net::UnixListener,
+    /// Removed once the daemon has stopped; `None` for a socket passed by
+    /// the launcher, whose file is the launcher's.
+    socket_file: Option<SocketFile>,
+    path: PathBuf,
+    policy: PeerPolicy,
+    limits: Limits,
+}
+
+impl Native {
+    /// Take the socket passed by socket activation (`LISTEN_FDS`), else bind
+    /// `cfg`'s. Call before any thread is started.
+    pub fn listen(cfg: &Config) -> Result<Self, super::Error> {
+        let (listener, socket_file, path) = match activation::from_env()? {
+            Some(a) => (a.listener, None, a.path.unwrap_or_else(|| PathBuf::from("(socket activation)"))),
+            None => {
+                let path = cfg.socket_path();
+                let bound = socket::bind(&path, &cfg.listen.socket_group)?;
+                (bound.listener, Some(bound.file), path)
+            }
+        };
+        listener.set_nonblocking(true)?;
+        let policy = PeerPolicy::from_config(&cfg.listen)?;
+        let limits = Limits {
+            max_frame: cfg.listen.max_frame_bytes,
+            idle_timeout: Duration::from_millis(cfg.listen.idle_timeout_ms),
+        };
+        Ok(Self { listener, socket_file, path, policy, limits })
+    }
+}
+
+impl Frontend for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn start(self: Box<Self>, core: Handle) -> std::io::Result<JoinHandle<()>> {
+        let Native { listener, socket_file, path, policy, limits } = *self;
+        let listener = UnixListener::from_std(listener)?;
+        crate::logln!("ttsd: listening on {}", path.display());
+        Ok(tokio::spawn(accept_loop(listener, socket_file, policy, limits, core)))
+    }
+}
+
+/// Accept until the daemon stops; then close the listener (new clients get
+/// "connection refused") and, once the daemon has stopped, remove the
+/// socket file.
+async fn accept_loop(
+    listener: UnixListener,
+    mut socket_file: Option<SocketFile>,
+    policy: PeerPolicy,
+    limits: Limits,
+    core: Handle,
+) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    crate::logln!("ttsd: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = core.stopping() => break,
+        };
+        let allowed = match stream.peer_cred() {
+            Ok(c) => policy.allows(c.uid(), c.gid()),
+            Err(_) => false,
+        };
+        if !allowed {
+            tokio::spawn(refuse(stream, ErrorCode::PermissionDenied, "this user may not use ttsd".into()));
+            continue;
+        }
+        match core.admit() {
+            Ok(admission) => {
+                tokio::spawn(serve(stream, core.clone(), limits, admission));
+            }
+            Err(full) => {
+                tokio::spawn(refuse(stream, ErrorCode::Overloaded, full.to_string()));
+            }
+        }
+    }
+    drop(listener);
+    core.stopped().await;
+    if let Some(f) = socket_file.as_mut() {
+        f.remove();
+    }
 }
 
 /// `reply` as one native frame. A reply that cannot be encoded (over the

@@ -302,6 +302,7 @@ fn grouplist(name: &std::ffi::CStr, gid: Gid) -> Option<Vec<u32>> {
 
 /// Removes the socket file when asked or dropped (only if it is still ours),
 /// and holds the lock until dropped.
+#[derive(Debug)]
 pub struct SocketFile {
     path: PathBuf,
     /// (inode, ctime s, ctime ns): inode numbers alone get reused.
