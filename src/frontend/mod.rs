@@ -13,7 +13,7 @@
 //!    [`Handle::admit`](crate::supervisor::Handle::admit) (`max_connections`
 //!    counts every front-end's connections together);
 //! 2. makes the client's reply sink with
-//!    [`supervisor::outbox::channel`](crate::supervisor::outbox::channel),
+//!    [`supervisor::outbox::channel`],
 //!    giving its own encoder (a reply as bytes of its wire), and writes what
 //!    comes out of the [`Outgoing`](crate::supervisor::Outgoing) end;
 //! 3. opens a [`Session`](crate::supervisor::Session) with

@@ -3,7 +3,7 @@
 //!
 //! Every change of state happens here, in one task, in answer to an event
 //! (a session's request, a worker message, a worker exit, a signal, a tick):
-//! handle the event, then [`Arbiter::maintain`]: kill hung or overdue
+//! handle the event, then `maintain`: kill hung or overdue
 //! workers, expire queued deadlines, retire and start workers, dispatch.
 //! The rules are [`policy`]'s, the reports [`status`]'s, the meaning of a
 //! SIGHUP [`reload`]'s; here they are applied. It owns every [`Pending`]:
