@@ -17,6 +17,7 @@ pub struct Settings {
     pub queue_capacity: usize,
     pub max_connections: usize,
     pub max_frame_bytes: usize,
+    pub max_text_chars: usize,
     pub hang_timeout_ms: u64,
     pub heartbeat_ms: u64,
     pub kill_grace_ms: u64,
@@ -35,7 +36,7 @@ impl Settings {
         let mut t = format!(
             "socket = {socket:?}\n\
              voices = [{{ name = \"joe\", path = {voice:?} }}]\n\
-             workers = {}\nqueue_capacity = {}\nmax_connections = {}\nmax_frame_bytes = {}\n\
+             workers = {}\nqueue_capacity = {}\nmax_connections = {}\nmax_frame_bytes = {}\nmax_text_chars = {}\n\
              hang_timeout_ms = {}\nheartbeat_ms = {}\nkill_grace_ms = {}\ndefault_timeout_ms = {}\n\
              max_rss_mb = {}\nrestart_backoff_min_ms = {}\nrestart_backoff_max_ms = {}\n\
              degraded_after_failures = {}\nshutdown_grace_ms = 5000\n",
@@ -43,6 +44,7 @@ impl Settings {
             self.queue_capacity,
             self.max_connections,
             self.max_frame_bytes,
+            self.max_text_chars,
             self.hang_timeout_ms,
             self.heartbeat_ms,
             self.kill_grace_ms,

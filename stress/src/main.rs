@@ -288,6 +288,8 @@ fn spawn_hostile(p: &Plan, settings: &daemon::Settings, d: &Daemon, stop: Arc<At
         log: d.log.clone(),
         max_connections: settings.max_connections,
         max_frame_bytes: settings.max_frame_bytes,
+        max_text_chars: settings.max_text_chars,
+        worker_faults: p.injects_worker_faults(),
     };
     let window = Duration::from_secs_f64(p.duration_s.unwrap_or(120.0));
     std::thread::spawn(move || hostile::run(target, window, stop))
@@ -361,10 +363,22 @@ fn print_report(title: &str, v: &Verdict, run: &report::Run) {
     if let Some((h, hp)) = &v.hostile {
         let valid = run.records.len();
         let done = run.records.iter().filter(|r| r.outcome == Some(track::Outcome::Done)).count();
+        let long = &h.long.texts;
+        let long_done = long.iter().filter(|t| t.outcome == "done").count();
         println!(
             "  hostile         supervisor peak RSS {:.1} MiB, log {} bytes, health p50 {:.1} / p99 {:.1} / max {:.1} ms \
-             ({} probes), valid client {done} of {valid} done, lost replies {}",
-            h.supervisor_peak_mib, h.log_bytes, hp.p50, hp.p99, hp.max, hp.n, v.summary.lost_replies
+             ({} probes), valid client {done} of {valid} done, lost replies {}, long texts {long_done} of {} done \
+             ({} chars), worker peak RSS {:.1} MiB during them",
+            h.supervisor_peak_mib,
+            h.log_bytes,
+            hp.p50,
+            hp.p99,
+            hp.max,
+            hp.n,
+            v.summary.lost_replies,
+            long.len(),
+            long.iter().map(|t| t.chars).sum::<usize>(),
+            h.long.worker_rss_peak_mib.max(h.long.worker_hwm_peak_mib)
         );
     }
     if !run.log.skipped.is_empty() {

@@ -27,10 +27,12 @@ pub enum Scenario {
     /// client runs normally: the supervisor must not keep all their audio.
     Backpressure,
     /// Clients that try to make the supervisor hold memory, write log or
-    /// lock others out (huge voice names pipelined unread, floods that
-    /// never read, more idle connections than max_connections), one phase
-    /// each, while one valid client's requests must all end done: checks
-    /// supervisor peak RSS, log bytes, health latency, lost replies.
+    /// lock others out, or a worker run one unbounded sentence (huge voice
+    /// names pipelined unread, floods that never read, more idle
+    /// connections than max_connections, long texts without a full stop),
+    /// one phase each, while one valid client's requests must all end
+    /// done: checks supervisor peak RSS, log bytes, health latency, lost
+    /// replies, long texts done, worker peak RSS and restarts.
     Hostile,
 }
 
@@ -99,6 +101,12 @@ impl Plan {
 
     pub fn hostile(&self) -> bool {
         self.kind == Scenario::Hostile
+    }
+
+    /// Whether the run kills, stops or crashes workers itself (signals,
+    /// fault flags, scripted faults), so that a worker restart may be its own.
+    pub fn injects_worker_faults(&self) -> bool {
+        self.kill_every_s > 0.0 || self.stop_every_s > 0.0 || self.fault_fraction > 0.0 || !self.scripted.is_empty()
     }
 }
 
@@ -239,6 +247,8 @@ pub fn daemon_settings(p: &Plan) -> daemon::Settings {
         queue_capacity: 64,
         max_connections: 64,
         max_frame_bytes: 1 << 20,
+        // The daemon's default, said here: hostile's long texts stay under it.
+        max_text_chars: 20_000,
         hang_timeout_ms: p.hang_timeout_ms,
         heartbeat_ms: (p.hang_timeout_ms / 5).clamp(50, 500),
         kill_grace_ms: 1000,
@@ -327,6 +337,17 @@ mod tests {
         let p = plan_of(&["--duration", "40", "--attack-every", "10"]).unwrap();
         let kinds: Vec<Action> = schedule(&p).into_iter().map(|e| e.action).collect();
         assert_eq!(kinds, [Action::Malformed, Action::Oversized, Action::Truncated, Action::Midstream]);
+    }
+
+    #[test]
+    fn hostile_injects_no_worker_faults_and_its_long_texts_fit() {
+        let p = plan_of(&["--scenario", "hostile"]).unwrap();
+        assert!(!p.injects_worker_faults(), "a worker restart during hostile is never explained");
+        assert!(plan_of(&["--scenario", "hostile", "--kill-every", "10"]).unwrap().injects_worker_faults());
+        assert!(plan_of(&["--scenario", "smoke"]).unwrap().injects_worker_faults());
+        let max = daemon_settings(&p).max_text_chars;
+        assert!(crate::hostile::LONG_TEXTERS.iter().all(|&(chars, _)| chars <= max));
+        assert!(daemon_settings(&p).toml("/s".as_ref(), "/v".as_ref()).contains("max_text_chars = 20000\n"));
     }
 
     #[test]
