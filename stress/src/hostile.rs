@@ -18,7 +18,9 @@
 //!   `worker_restarts` are read every [`WORKER_SAMPLE_EVERY`]. Each text
 //!   must end `done` with all its audio, the workers must stay under
 //!   [`MAX_WORKER_RSS_MIB`], and no worker may die;
-//! - quiet: the attackers are gone; memory must come back.
+//! - quiet: the attackers are gone; memory must come back. It lasts its
+//!   full share from when it begins ([`phase_end`]), even after a long
+//!   text ran past its phase or the load window ended.
 //!
 //! Throughout, a prober asks for health every [`PROBE_EVERY`] on its own
 //! connection and times the answer. Owns the attack threads and what they
@@ -293,10 +295,11 @@ pub fn run(target: Target, window: Duration, stop_all: Arc<AtomicBool>) -> Hosti
     let mut until = Duration::ZERO;
     for (name, share) in PHASES {
         until += window.mul_f64(share);
+        let end = phase_end(name, until, t0.elapsed(), window.mul_f64(share));
         mark(name, &mut marks);
         let mut phase = Phase::new();
         start(name, &target, &counters, &mut phase, t0 + until);
-        while t0.elapsed() < until && !stop_all.load(Ordering::SeqCst) {
+        while t0.elapsed() < end && (name == "quiet" || !stop_all.load(Ordering::SeqCst)) {
             std::thread::sleep(Duration::from_millis(100));
             peak = peak.max(rss_mib(target.supervisor_pid).unwrap_or(0.0));
         }
@@ -324,6 +327,19 @@ pub fn run(target: Target, window: Duration, stop_all: Arc<AtomicBool>) -> Hosti
         log_bytes: std::fs::metadata(&target.log).map_or(0, |m| m.len()),
         long,
         worker_faults: target.worker_faults,
+    }
+}
+
+/// When phase `name`, planned to end `planned` into the window, ends if it
+/// begins at `began` and its share is `share`: as planned, except the quiet
+/// phase, which lasts at least its share (a long text in flight is never
+/// cut off and may have run past its own phase; what the attackers made the
+/// supervisor hold is judged after a full quiet phase).
+fn phase_end(name: &str, planned: Duration, began: Duration, share: Duration) -> Duration {
+    if name == "quiet" {
+        planned.max(began + share)
+    } else {
+        planned
     }
 }
 
@@ -908,6 +924,12 @@ mod tests {
     fn the_phases_share_the_window() {
         assert!((PHASES.iter().map(|p| p.1).sum::<f64>() - 1.0).abs() < 1e-9);
         assert_eq!(PHASES.last().unwrap().0, "quiet", "memory is judged after the quiet phase");
+        let s = Duration::from_secs;
+        assert_eq!(phase_end("long texts", s(102), s(60), s(48)), s(102), "a late text does not move the plan");
+        assert_eq!(phase_end("quiet", s(120), s(108), s(12)), s(120), "on time: as planned");
+        // The 120 s run of df5c0dd: the last long text ended at 122 s, and
+        // the quiet phase had no time at all.
+        assert_eq!(phase_end("quiet", s(120), s(122), s(12)), s(134));
     }
 
     #[test]
