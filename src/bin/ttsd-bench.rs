@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ttsd::engine::{cpu, memory, mlx_info, Engine, EngineError, SynthInput, SynthParams};
+use ttsd::engine::{cpu, memory, mlx_info, Engine, EngineError, StageTimes, SynthInput, SynthParams};
 
 #[derive(Parser)]
 #[command(name = "ttsd-bench", about = "Engine and GEMM benchmarks (driven by scripts/bench)")]
@@ -74,6 +74,8 @@ struct TextResult {
     rtf: f64,
     /// Streamed: from the call to the first chunk.
     first_audio_s: f64,
+    /// Where the best whole (unstreamed) run's time went.
+    stages: StageTimes,
 }
 
 /// Times each text: whole synthesis (not streamed, as Piper) and the first
@@ -82,7 +84,7 @@ fn run_texts(voice: &Path, texts: &[String], reps: usize) -> Result<Vec<TextResu
     let mut engine = Engine::new();
     engine.load_voice("v", voice)?;
     let params = SynthParams { seed: Some(7), ..Default::default() };
-    let synth = |engine: &mut Engine, text: &str, stream: bool| -> Result<(f64, f64, f64), EngineError> {
+    let synth = |engine: &mut Engine, text: &str, stream: bool| -> Result<(f64, f64, f64, StageTimes), EngineError> {
         let t = Instant::now();
         let mut first = None;
         let p = SynthParams { stream, ..params.clone() };
@@ -90,20 +92,23 @@ fn run_texts(voice: &Path, texts: &[String], reps: usize) -> Result<Vec<TextResu
             first.get_or_insert(t.elapsed().as_secs_f64());
             Ok(())
         })?;
-        Ok((s.synth_seconds, s.audio_seconds(), first.unwrap_or(0.0)))
+        Ok((s.synth_seconds, s.audio_seconds(), first.unwrap_or(0.0), s.stages))
     };
     synth(&mut engine, "Warm up.", false)?;
     let mut out = Vec::new();
     for text in texts {
-        let (mut best, mut audio, mut first) = (f64::INFINITY, 0.0, f64::INFINITY);
+        let (mut best, mut audio, mut first, mut stages) = (f64::INFINITY, 0.0, f64::INFINITY, StageTimes::default());
         for _ in 0..reps.max(1) {
-            let (s, a, _) = synth(&mut engine, text, false)?;
-            best = best.min(s);
+            let (s, a, _, st) = synth(&mut engine, text, false)?;
+            if s < best {
+                best = s;
+                stages = st;
+            }
             audio = a;
-            let (_, _, f) = synth(&mut engine, text, true)?;
+            let (_, _, f, _) = synth(&mut engine, text, true)?;
             first = first.min(f);
         }
-        out.push(TextResult { text: text.clone(), audio_s: audio, synth_s: best, rtf: best / audio.max(1e-9), first_audio_s: first });
+        out.push(TextResult { text: text.clone(), audio_s: audio, synth_s: best, rtf: best / audio.max(1e-9), first_audio_s: first, stages });
     }
     Ok(out)
 }

@@ -72,6 +72,9 @@ pub struct RequestConfig {
 pub struct WorkerConfig {
     /// `workers` in the file: processes to run, 0 for one per core.
     pub count: usize,
+    /// `threads_per_job`: cores one job may use, 0 for "as many as are
+    /// free": all of them when one worker is busy, a share when several are.
+    pub threads_per_job: usize,
     pub heartbeat_ms: u64,
     pub hang_timeout_ms: u64,
     pub kill_grace_ms: u64,
@@ -95,6 +98,7 @@ struct File {
     allowed_uids: Vec<u32>,
     allowed_gids: Vec<u32>,
     workers: usize,
+    threads_per_job: usize,
     queue_capacity: usize,
     max_connections: usize,
     max_frame_bytes: usize,
@@ -124,6 +128,7 @@ impl Default for File {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             workers: 0,
+            threads_per_job: 0,
             queue_capacity: 64,
             max_connections: 128,
             max_frame_bytes: 1024 * 1024,
@@ -157,6 +162,7 @@ impl From<File> for Config {
             allowed_uids,
             allowed_gids,
             workers,
+            threads_per_job,
             queue_capacity,
             max_connections,
             max_frame_bytes,
@@ -190,6 +196,7 @@ impl From<File> for Config {
             requests: RequestConfig { max_text_chars, default_timeout_ms, queue_capacity, max_requests_per_connection },
             workers: WorkerConfig {
                 count: workers,
+                threads_per_job,
                 heartbeat_ms,
                 hang_timeout_ms,
                 kill_grace_ms,
@@ -350,10 +357,28 @@ impl Config {
         }
     }
 
-    /// Cores per worker's engine: the cores shared out among the workers.
+    /// Cores a worker's engine may use at most (its lanes): every core, or
+    /// `threads_per_job` when set. How many one job uses is decided at
+    /// dispatch ([`Config::job_threads`]).
     pub fn engine_threads(&self) -> usize {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        (cores / self.worker_count().max(1)).max(1)
+        if self.workers.threads_per_job > 0 {
+            self.workers.threads_per_job.min(64)
+        } else {
+            cores
+        }
+    }
+
+    /// Cores a job may use when `busy` workers (this one included) are
+    /// working: `threads_per_job` when set; else the cores shared out among
+    /// the busy workers, so that a lone request uses the whole machine and
+    /// concurrent ones do not oversubscribe it.
+    pub fn job_threads(&self, busy: usize) -> usize {
+        if self.workers.threads_per_job > 0 {
+            return self.workers.threads_per_job.min(64);
+        }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        (cores / busy.max(1)).max(1)
     }
 
     /// The socket path: `socket`, else [`default_socket_path`].
@@ -380,6 +405,19 @@ pub fn default_socket_path() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_job_gets_every_core_and_busy_workers_share_them() {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut cfg = Config::default();
+        assert_eq!(cfg.engine_threads(), cores);
+        assert_eq!(cfg.job_threads(1), cores);
+        assert_eq!(cfg.job_threads(2), (cores / 2).max(1));
+        assert_eq!(cfg.job_threads(cores + 5), 1);
+        assert_eq!(cfg.job_threads(0), cores, "a count of 0 busy is treated as 1");
+        cfg.workers.threads_per_job = 3;
+        assert_eq!((cfg.engine_threads(), cfg.job_threads(1), cfg.job_threads(4)), (3, 3, 3));
+    }
 
     #[test]
     fn the_shipped_daemon_toml_is_the_builtin_default() {

@@ -134,6 +134,13 @@ pub fn set_threads(n: usize) {
     lanes::open(n);
 }
 
+/// Lets the next jobs use `n` of the cores given to [`set_threads`] (at
+/// least one, at most all): when other workers are busy, each takes its
+/// share; alone, one takes them all. Same audio whatever `n` is.
+pub fn use_threads(n: usize) {
+    lanes::use_lanes(n);
+}
+
 /// Runs `f` with one BLAS thread per lane, then goes back to one: for a
 /// stretch of work that cannot be split over the lanes and whose time is
 /// mostly in GEMMs. Only while nothing runs on the other lanes (each lane's
@@ -214,6 +221,12 @@ mod tests {
         let _lock = crate::mlx_test_lock();
         set_threads(3);
         assert_eq!(lanes::count(), 3);
+        use_threads(2);
+        assert_eq!(lanes::count(), 2);
+        use_threads(9);
+        assert_eq!(lanes::count(), 3, "never more than were opened");
+        use_threads(0);
+        assert_eq!(lanes::count(), 1);
         set_threads(1);
         assert_eq!(lanes::count(), 1);
     }

@@ -9,7 +9,7 @@
 //! starts a thread of its own and never builds or evaluates a graph off the
 //! calling (main) thread; how many lanes there are is [`super::cpu`]'s
 //! decision.
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use mlx_rs::{Array, Device, Stream};
 
@@ -19,12 +19,14 @@ use super::error::Result;
 thread_local! {
     /// The MLX CPU streams tiles are spread over; empty means the default stream.
     static LANES: RefCell<Vec<Stream>> = const { RefCell::new(Vec::new()) };
+    /// How many of `LANES` the current job may use (see [`use_lanes`]).
+    static ACTIVE: Cell<usize> = const { Cell::new(1) };
     /// Where [`checkpoint`] records arrays while [`queue_tiles`] builds a piece.
     static CHECKPOINTS: RefCell<Option<Vec<Array>>> = const { RefCell::new(None) };
 }
 
 /// Opens `n` lanes on the CPU device (none, the default stream, for one),
-/// replacing the previous ones.
+/// replacing the previous ones; all of them in use.
 pub fn open(n: usize) {
     LANES.with_borrow_mut(|lanes| {
         lanes.clear();
@@ -32,17 +34,27 @@ pub fn open(n: usize) {
             lanes.extend((0..n).map(|_| Stream::new_with_device(&Device::cpu())));
         }
     });
+    ACTIVE.set(n.max(1));
+}
+
+/// Uses the first `n` of the open lanes (at least one, at most all) until
+/// the next call: a job gets as many cores as the machine has free for it.
+/// The streams stay open, so this costs nothing.
+pub fn use_lanes(n: usize) {
+    let opened = LANES.with_borrow(|l| l.len().max(1));
+    ACTIVE.set(n.clamp(1, opened));
 }
 
 /// How many lanes independent work is spread over (at least 1).
 pub fn count() -> usize {
-    LANES.with_borrow(|l| l.len().max(1))
+    ACTIVE.get()
 }
 
 /// Runs `f` with lane `i`'s stream as MLX's default (the default stream when
-/// there is one lane).
+/// one lane is in use).
 pub fn on_lane<T>(i: usize, f: impl FnOnce() -> T) -> T {
-    LANES.with_borrow(|lanes| if lanes.is_empty() { f() } else { mlx_rs::with_stream(&lanes[i % lanes.len()], f) })
+    let active = count();
+    LANES.with_borrow(|lanes| if active == 1 || lanes.is_empty() { f() } else { mlx_rs::with_stream(&lanes[i % active], f) })
 }
 
 /// Marks `x` as a point where the piece being built for [`eval_tiles`] may

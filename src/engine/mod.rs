@@ -76,6 +76,23 @@ pub struct SynthSummary {
     pub sentences: usize,
     /// Seconds spent in phonemization + model, excluding the `on_chunk` callback.
     pub synth_seconds: f64,
+    /// Where `synth_seconds` went, stage by stage.
+    pub stages: StageTimes,
+}
+
+/// Seconds per stage of one synthesis, summed over its sentences: the
+/// request's own timeline (each stage is evaluated before the next starts,
+/// so the figures are the stages' real cost, not the graph building's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StageTimes {
+    /// Text to phoneme ids (espeak-ng), or checking given ids.
+    pub phonemize: f64,
+    /// Text encoder, duration predictor and the prior's expansion to frames.
+    pub prior: f64,
+    /// The reverse flow (for a streamed sentence, its first chunk's head too).
+    pub flow: f64,
+    /// The decoder, and the audio's copy out of MLX.
+    pub decode: f64,
 }
 
 impl SynthSummary {

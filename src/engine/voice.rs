@@ -179,6 +179,13 @@ impl Voice {
         let started = Instant::now();
         let mut callback_time = 0.0f64;
         let sentences = self.sentences(phonemizer, input)?;
+        let mut stages = StageTimes { phonemize: started.elapsed().as_secs_f64(), ..Default::default() };
+        let lap = |t: &mut Instant| {
+            let now = Instant::now();
+            let s = now.duration_since(*t).as_secs_f64();
+            *t = now;
+            s
+        };
         let g = self.model.speaker(params.speaker)?;
         let mut seed = params.seed.unwrap_or_else(random_seed);
         let mut summary = SynthSummary { sample_rate: self.info.sample_rate, sentences: sentences.len(), ..Default::default() };
@@ -193,7 +200,9 @@ impl Voice {
 
         for (index, ids) in sentences.iter().enumerate() {
             check()?;
+            let mut t = Instant::now();
             let prior = self.model.prior(ids, g.as_ref(), params.sampling(seed), cancelled)?;
+            stages.prior += lap(&mut t);
             seed = seed.wrapping_add(1);
             let frames = prior.z_p.shape()[0] as usize;
             let mut start = 0;
@@ -202,14 +211,20 @@ impl Voice {
                 let end = FIRST_WINDOW_FRAMES.min(frames);
                 let ctx = self.model.dec.context_frames();
                 let z_head = self.model.flow_head(&prior.z_p, end + ctx, g.as_ref(), cancelled)?;
+                z_head.eval()?;
+                stages.flow += lap(&mut t);
                 let audio = to_vec(&self.model.decode_window(&z_head, 0, end, g.as_ref(), cancelled)?)?;
+                stages.decode += lap(&mut t);
                 send(Chunk { samples: to_pcm(&audio, 1.0), sentence: index, sentences: sentences.len() }, &mut summary)?;
                 start = end;
             }
             if start >= frames {
                 continue;
             }
+            t = Instant::now();
             let z = self.model.flow.reverse(&prior.z_p, g.as_ref(), cancelled)?;
+            z.eval()?;
+            stages.flow += lap(&mut t);
             let mut pieces: Vec<Vec<f32>> = Vec::new();
             // Unstreamed, long windows: less overlap to recompute, and memory
             // still bounded for a long sentence.
@@ -218,8 +233,10 @@ impl Voice {
                 check()?;
                 let end = (start + window).min(frames);
                 let audio = to_vec(&self.model.decode_window(&z, start, end, g.as_ref(), cancelled)?)?;
+                stages.decode += lap(&mut t);
                 if params.stream {
                     send(Chunk { samples: to_pcm(&audio, 1.0), sentence: index, sentences: sentences.len() }, &mut summary)?;
+                    t = Instant::now();
                 } else {
                     pieces.push(audio);
                 }
@@ -232,6 +249,7 @@ impl Voice {
             }
         }
         summary.synth_seconds = started.elapsed().as_secs_f64() - callback_time;
+        summary.stages = stages;
         Ok(summary)
     }
 

@@ -32,6 +32,9 @@ pub struct Job {
     pub stream: bool,
     /// Time left until the request's deadline when the job was sent.
     pub remaining_ms: u64,
+    /// Cores (engine lanes) this job may use: the supervisor shares the
+    /// machine out among the busy workers. Same audio whatever it is.
+    pub threads: u32,
     pub fault: Option<Fault>,
 }
 

@@ -698,6 +698,8 @@ impl Arbiter {
                 p.fail(ErrorCode::Timeout, "deadline passed while waiting for a worker", None);
                 continue;
             }
+            // This worker and the ones already working share the cores.
+            let threads = self.cfg.job_threads(1 + self.workers.values().filter(|x| x.job.is_some()).count());
             let Some(w) = self.workers.get_mut(&wid) else {
                 crate::logln!("ttsd: internal: worker {wid} was picked for request {} and is gone", p.id());
                 p.fail(ErrorCode::Internal, "the daemon lost the worker it picked for this request", None);
@@ -716,6 +718,7 @@ impl Arbiter {
                 seed: p.req.seed,
                 stream: p.req.stream,
                 remaining_ms: p.deadline.saturating_duration_since(now).as_millis().max(1) as u64,
+                threads: threads as u32,
                 fault: p.req.fault,
             };
             if let Err(e) = w.send(ToWorker::Job(job)) {

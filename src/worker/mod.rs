@@ -134,6 +134,8 @@ fn run_job(
     let stop = Cell::new(false);
     let broken = Cell::new(false);
     let last_beat = Cell::new(Instant::now());
+    // The cores the supervisor gave this job (of the lanes opened at start).
+    crate::engine::cpu::use_threads(job.threads as usize);
     alarm.arm(job.remaining_ms);
     // Polled by the engine between sentences, chunks and model stages: reads
     // pending messages without blocking and keeps the heartbeat going.
