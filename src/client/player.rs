@@ -3,7 +3,8 @@
 //! Owns the list of players and their command lines. Players that read
 //! stdin (aplay, paplay, pw-play) get bare PCM as it arrives, so speech
 //! starts after the first sentence; afplay (macOS) only plays files, so it
-//! gets a temporary WAV once synthesis is done.
+//! gets a temporary WAV once synthesis is done. It never writes anywhere
+//! but a player's stdin or a temporary file it created itself.
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use thiserror::Error;
