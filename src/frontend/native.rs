@@ -19,7 +19,7 @@
 //! or a worker: it translates frames into calls on its [`Session`] and
 //! replies into frames.
 use super::activation;
-use super::socket::{self, PeerPolicy, SocketFile};
+use super::socket::{self, groups_of, PeerPolicy, SocketFile};
 use crate::config::Config;
 use crate::protocol::{self, ErrorCode, FrameError, Reply, Request, PROTOCOL_VERSION};
 use crate::supervisor::outbox;
@@ -115,20 +115,20 @@ async fn accept_loop(
             },
             _ = core.stopping() => break,
         };
-        let allowed = match stream.peer_cred() {
-            Ok(c) => policy.allows(c.uid(), c.gid()),
-            Err(_) => false,
+        let verdict = match stream.peer_cred() {
+            Ok(c) => policy.decide(c.uid(), c.gid()).ok_or(c.uid()),
+            Err(_) => Ok(false),
         };
-        if !allowed {
-            tokio::spawn(refuse(stream, ErrorCode::PermissionDenied, "this user may not use ttsd".into()));
-            continue;
-        }
-        match core.admit() {
-            Ok(admission) => {
-                tokio::spawn(serve(stream, core.clone(), limits, admission));
-            }
-            Err(full) => {
-                tokio::spawn(refuse(stream, ErrorCode::Overloaded, full.to_string()));
+        match verdict {
+            Ok(allowed) => admit(stream, allowed, &core, limits),
+            // Only the peer's supplementary groups can decide: look them up
+            // off the event loop (a slow user database must not stall it).
+            Err(uid) => {
+                let (policy, core) = (policy.clone(), core.clone());
+                tokio::spawn(async move {
+                    let groups = tokio::task::spawn_blocking(move || groups_of(uid)).await.unwrap_or_default();
+                    admit(stream, policy.allows_groups(&groups), &core, limits);
+                });
             }
         }
     }
@@ -136,6 +136,22 @@ async fn accept_loop(
     core.stopped().await;
     if let Some(f) = socket_file.as_mut() {
         f.remove();
+    }
+}
+
+/// Serve a permitted peer, or answer `permission_denied` / `overloaded`.
+fn admit(stream: UnixStream, allowed: bool, core: &Handle, limits: Limits) {
+    if !allowed {
+        tokio::spawn(refuse(stream, ErrorCode::PermissionDenied, "this user may not use ttsd".into()));
+        return;
+    }
+    match core.admit() {
+        Ok(admission) => {
+            tokio::spawn(serve(stream, core.clone(), limits, admission));
+        }
+        Err(full) => {
+            tokio::spawn(refuse(stream, ErrorCode::Overloaded, full.to_string()));
+        }
     }
 }
 

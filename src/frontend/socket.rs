@@ -254,12 +254,29 @@ impl PeerPolicy {
 
     /// [`PeerPolicy::allows`] with the group lookup given (for tests).
     pub fn allows_with(&self, uid: u32, gid: u32, groups: impl FnOnce(u32) -> Vec<u32>) -> bool {
-        if uid == self.own_uid || uid == 0 || self.uids.contains(&uid) || self.gids.contains(&gid) {
-            return true;
+        match self.decide(uid, gid) {
+            Some(verdict) => verdict,
+            None => self.allows_groups(&groups(uid)),
         }
-        // A lookup in the user and group databases (possibly a network
-        // service): only when a group could still let the peer in.
-        !self.gids.is_empty() && groups(uid).iter().any(|g| self.gids.contains(g))
+    }
+
+    /// The verdict when SO_PEERCRED's uid and primary gid decide it; `None`
+    /// when only the peer's supplementary groups can ([`groups_of`], a
+    /// lookup in the user and group databases, possibly a network service,
+    /// so a caller on an event loop runs it off the loop).
+    pub fn decide(&self, uid: u32, gid: u32) -> Option<bool> {
+        if uid == self.own_uid || uid == 0 || self.uids.contains(&uid) || self.gids.contains(&gid) {
+            return Some(true);
+        }
+        if self.gids.is_empty() {
+            return Some(false);
+        }
+        None
+    }
+
+    /// Whether one of the peer's `groups` is let in.
+    pub fn allows_groups(&self, groups: &[u32]) -> bool {
+        groups.iter().any(|g| self.gids.contains(g))
     }
 }
 
