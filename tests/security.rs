@@ -618,25 +618,7 @@ mod groups {
     }
 
     /// ttsd (as root) with its socket at `socket`.
-    struct Running(std::process::Child);
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    use common::Stopped as Running;
 
     fn ttsd_at(dir: &Path, socket: &Path, extra: &str) -> Running {
         let default = format!("socket = {:?}\n", dir.join("ttsd.sock").display().to_string());
