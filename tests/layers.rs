@@ -311,7 +311,11 @@ fn layers_import_only_the_layers_below_them() {
     let mut bad = Vec::new();
     for (from, to) in &g {
         let (Some(fl), true) = (from.first(), true) else { continue };
-        let Some((_, ok)) = allowed.iter().find(|(l, _)| l == fl) else { continue };
+        let Some((_, ok)) = allowed.iter().find(|(l, _)| l == fl) else {
+            // A new top-level module must be given its place in the table.
+            bad.push(format!("{} is not in the layer table", name(from)));
+            continue;
+        };
         for t in to {
             let Some(tl) = t.first() else { continue };
             if tl != fl && !ok.contains(&tl.as_str()) {

@@ -136,6 +136,7 @@ fn long_phoneme_id_input_is_split_and_ends_done() {
 /// a second worker, which died the same way. A crash the worker raised
 /// itself (here SIGABRT) now costs one worker, and the answer says why.
 #[test]
+#[cfg_attr(not(feature = "fault-injection"), ignore = "needs --features fault-injection (the crash is injected)")]
 fn a_request_that_crashed_its_worker_is_not_retried() {
     let d = Daemon::start("");
     d.wait_idle(2, Duration::from_secs(120));

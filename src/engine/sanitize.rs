@@ -95,8 +95,8 @@ mod tests {
 
         // mlx-c's own location inside the message, then mlx-rs's.
         let raw = "mlx: \"[flatten] Shape dimension 4598309088 is outside the supported range at \
-                   /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/mlx-sys-0.7.0/src/mlx-c/mlx/c/ops.cpp:1622\" \
-                   at /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/mlx-rs-0.33.0/src/ops/shapes.rs:95:5";
+                   /home/builder/.cargo/registry/src/index-1949cf8c6b5b557f/mlx-sys-0.7.0/src/mlx-c/mlx/c/ops.cpp:1622\" \
+                   at /home/builder/.cargo/registry/src/index-1949cf8c6b5b557f/mlx-rs-0.33.0/src/ops/shapes.rs:95:5";
         assert_eq!(
             for_client(raw),
             "mlx: \"[flatten] Shape dimension 4598309088 is outside the supported range\""

@@ -249,12 +249,11 @@ impl Arbiter {
         if self.degraded() {
             return p.fail(ErrorCode::Unavailable, self.health.degraded_reason(), None);
         }
-        // --- issue 15 (engine/worker): a voice that failed to load answers
-        // `unavailable` with its reason; the other voices keep serving.
+        // A voice that failed to load answers `unavailable` with its reason;
+        // the other voices keep serving.
         if let Some(msg) = self.voices.unavailable_reason(&p.voice) {
             return p.fail(ErrorCode::Unavailable, msg, None);
         }
-        // --- end issue 15
         let per_conn = self.cfg.requests.max_requests_per_connection;
         if active >= per_conn {
             let msg = format!(
@@ -343,8 +342,7 @@ impl Arbiter {
                 for (name, desc) in voices {
                     self.voices.loaded(&name, desc);
                 }
-                // --- issue 15 (engine/worker): one bad voice degrades only itself.
-                // A voice this worker could not load is `failed` with its reason;
+                // One bad voice degrades only itself: a voice this worker could not load is `failed` with its reason;
                 // requests for it are answered `unavailable` (see `submit`).
                 for (name, reason) in failed {
                     let line = format!("ttsd: voice '{name}' is unavailable: {reason}");
@@ -352,7 +350,6 @@ impl Arbiter {
                         crate::logln!("{line}");
                     }
                 }
-                // --- end issue 15
                 self.health.started();
             }
             FromWorker::LoadFailed { voice, reason } => {

@@ -197,6 +197,12 @@ impl Outbox {
             Outbound::Close => return self.tx.send(Wire::Close).map_err(|_| Closed),
             Outbound::Frame(reply) => reply,
         };
+        // A connection being dropped takes nothing more: a later, smaller
+        // frame (a Done after audio that did not fit) must not slip through
+        // and tell the client that truncated audio was whole.
+        if self.shared.closing.load(Ordering::SeqCst) {
+            return Err(Closed);
+        }
         let audio = matches!(reply, Reply::Audio { .. });
         let bytes = (self.encode)(&reply);
         drop(reply);
@@ -290,9 +296,12 @@ impl Outgoing {
     /// The next frame to write; `None` once a `Close` was queued, the
     /// connection is closing, or every [`Outbox`] is gone.
     pub async fn next(&mut self) -> Option<Encoded> {
+        // Closing first: once the connection is being dropped, nothing
+        // queued is written (no Done after a gap in the audio).
         let w = tokio::select! {
-            w = self.rx.recv() => w,
+            biased;
             _ = wait_closed(&self.shared) => None,
+            w = self.rx.recv() => w,
         };
         match w {
             Some(Wire::Frame(e)) => Some(e),
@@ -407,6 +416,25 @@ mod tests {
         assert!(sent * (64 << 10) <= MAX_CONTROL_BACKLOG);
         assert!(out.is_closing());
         assert_eq!(out.close_reason(), Some(CloseReason::Backlog));
+    }
+
+    /// Regression: after audio that did not fit, a small Done still fit
+    /// under the cap and the writer could send it: truncated audio reported
+    /// whole. Once closing, nothing more is taken and nothing queued goes out.
+    #[test]
+    fn nothing_follows_a_frame_that_did_not_fit() {
+        let (out, mut rx) = test_channel();
+        let big = "z".repeat(64 << 10);
+        let mut sent = 0;
+        while out.send(err(big.clone())).is_ok() {
+            sent += 1;
+            assert!(sent < 1000, "never refused");
+        }
+        // Far smaller than the frame refused, so it would fit under the cap.
+        let done = Reply::Done { id: 1, audio_seconds: 1.0, queue_ms: 0, synth_ms: 0, worker_pid: 1, retried: false };
+        assert_eq!(out.send(Outbound::Frame(done)), Err(Closed), "a Done after a frame that did not fit");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(rt.block_on(rx.next()).is_none(), "queued frames are not written once closing");
     }
 
     #[test]

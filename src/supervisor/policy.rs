@@ -185,7 +185,6 @@ pub fn stuck(w: &Watch, now: Instant, c: &Clocks) -> Option<(ErrorCode, String)>
     }
 }
 
-// --- issue 15 (engine/worker): the retry rule's evidence.
 /// Whether a worker's death points at the job it was running, so that
 /// running the job again would most likely kill another worker: a signal
 /// the worker raised on itself (a memory fault, an abort from a failed
@@ -204,7 +203,6 @@ pub fn death_points_at_job(status: &ExitStatus) -> bool {
     }
     status.code() == Some(101)
 }
-// --- end issue 15
 
 /// What is known of a worker that died while running a request.
 #[derive(Debug, Clone, Copy)]

@@ -344,10 +344,13 @@ fn clean_requests_done(run: &Run) -> Invariant {
             }
         }
     }
+    // A run that sent nothing proves nothing: at least one clean request.
     Invariant::new(
         "every valid request without an injected fault ended done",
-        not_done.is_empty(),
-        if not_done.is_empty() {
+        not_done.is_empty() && clean > 0,
+        if clean == 0 {
+            "no request without a fault was sent: the load never reached the daemon".to_string()
+        } else if not_done.is_empty() {
             format!("{clean} of {clean}")
         } else {
             format!("{} of {clean} did not: {}", not_done.len(), show(&not_done))
@@ -774,6 +777,10 @@ mod tests {
         // No terminal reply is never acceptable.
         let lost = [Record { outcome: None, ..rec(1.0, 2.0, Some(FlagFault::Crash)) }];
         assert!(!outcomes_expected(&run(&lost, &quiet, &series, &fin)).pass);
+
+        // A run whose load never reached the daemon proves nothing.
+        let c = clean_requests_done(&run(&[], &quiet, &series, &fin));
+        assert!(!c.pass, "{}", c.detail);
     }
 
     #[test]
