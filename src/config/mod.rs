@@ -353,7 +353,7 @@ impl Config {
         if self.workers.count > 0 {
             self.workers.count
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            cores()
         }
     }
 
@@ -361,11 +361,10 @@ impl Config {
     /// `threads_per_job` when set. How many one job uses is decided at
     /// dispatch ([`Config::job_threads`]).
     pub fn engine_threads(&self) -> usize {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         if self.workers.threads_per_job > 0 {
             self.workers.threads_per_job.min(64)
         } else {
-            cores
+            cores()
         }
     }
 
@@ -377,8 +376,7 @@ impl Config {
         if self.workers.threads_per_job > 0 {
             return self.workers.threads_per_job.min(64);
         }
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        (cores / busy.max(1)).max(1)
+        (cores() / busy.max(1)).max(1)
     }
 
     /// The socket path: `socket`, else [`default_socket_path`].
@@ -400,6 +398,13 @@ impl Config {
 /// [`crate::runtime_dir`]).
 pub fn default_socket_path() -> PathBuf {
     crate::runtime_dir::default_socket_path()
+}
+
+/// The machine's cores, read once: the dispatcher asks at every request,
+/// and the answer (from cgroup files) does not change under a running daemon.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 #[cfg(test)]
