@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 /// Audio samples per Audio frame when audio is not streamed (2 MiB of i16).
 pub const COALESCED_SAMPLES_PER_FRAME: usize = 1 << 20;
+/// Most samples of one unstreamed reply held before whole frames go out
+/// early (16 MiB of i16, about six minutes at 22.05 kHz).
+pub const MAX_BUFFERED_SAMPLES: usize = 8 * COALESCED_SAMPLES_PER_FRAME;
 
 /// Longest error message a reply carries (a worker's message may quote
 /// the text it failed on).
@@ -223,6 +226,16 @@ impl Pending {
             self.audio_sent = true;
         } else {
             self.buffered.extend_from_slice(&samples);
+            // The daemon holds at most this much of one unstreamed reply:
+            // past it, whole frames go out early (same frames, same order),
+            // so a very long reply neither grows the supervisor without
+            // bound nor passes the connection's audio cap at the end.
+            while self.buffered.len() >= MAX_BUFFERED_SAMPLES {
+                let part: Vec<i16> = self.buffered.drain(..COALESCED_SAMPLES_PER_FRAME).collect();
+                self.send(Reply::Audio { id: self.id(), seq: self.seq, sample_rate, samples: part });
+                self.seq += 1;
+                self.audio_sent = true;
+            }
         }
     }
 
@@ -375,6 +388,38 @@ mod tests {
         let got = frames(&mut rx);
         assert!(matches!(&got[0], Reply::Audio { seq: 0, sample_rate: 16000, samples, .. } if samples == &vec![1, 2, 3]));
         assert!(matches!(got[1], Reply::Done { .. }));
+    }
+
+    /// Regression: an unstreamed reply was held whole until Done; past the
+    /// connection's 128 MiB audio cap the connection was dropped with no
+    /// terminal reply. Now at most MAX_BUFFERED_SAMPLES are held.
+    #[test]
+    fn a_very_long_unstreamed_reply_goes_out_in_order_with_bounded_buffering() {
+        let (mut p, mut rx, _) = pending(false);
+        let chunk = vec![7i16; COALESCED_SAMPLES_PER_FRAME / 2];
+        let chunks = 2 * MAX_BUFFERED_SAMPLES / chunk.len() + 1;
+        let mut got = Vec::new();
+        for _ in 0..chunks {
+            p.audio(22050, chunk.clone());
+            assert!(p.buffered.len() < MAX_BUFFERED_SAMPLES);
+            got.extend(frames(&mut rx));
+        }
+        assert!(p.audio_sent, "audio went out: no retry after this");
+        p.finish(WorkerRef::default(), (chunks * chunk.len()) as u64, 22050, 1);
+        got.extend(frames(&mut rx));
+        let mut total = 0;
+        for (i, reply) in got.iter().enumerate() {
+            match reply {
+                Reply::Audio { seq, samples, .. } => {
+                    assert_eq!(*seq as usize, i, "in order");
+                    total += samples.len();
+                }
+                Reply::Done { .. } => assert_eq!(i, got.len() - 1, "Done last"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(got.last(), Some(Reply::Done { .. })));
+        assert_eq!(total, chunks * chunk.len(), "every sample once");
     }
 
     #[test]
