@@ -333,15 +333,21 @@ fn case_cancel_unknown(ctx: &Ctx) -> CaseResult {
     malformed_kept(ctx, &bytes, ErrorCode::UnknownId)
 }
 
-fn case_too_many_connections(ctx: &Ctx) -> CaseResult {
-    // Fill up to the limit (the bystander holds one), then one more.
+/// Connections held up to `max_connections` (counting those already open,
+/// less the probe that asks, which closes), then one more, raw.
+fn fill_connections(ctx: &Ctx) -> Result<(Vec<UnixStream>, UnixStream), String> {
     let open = Client::connect(&ctx.d.socket).map_err(|e| e.to_string())?.status().map_err(|e| e.to_string())?.connections
         as usize;
     let mut held: Vec<UnixStream> = Vec::new();
     for _ in open.saturating_sub(1)..MAX_CONNECTIONS {
         held.push(hello(ctx.d));
     }
-    let mut extra = raw(ctx.d);
+    Ok((held, raw(ctx.d)))
+}
+
+fn case_too_many_connections(ctx: &Ctx) -> CaseResult {
+    // Fill up to the limit, then one more.
+    let (held, mut extra) = fill_connections(ctx)?;
     let r = expect_error(&mut extra, None, ErrorCode::Overloaded)?;
     expect_closed(&mut extra)?;
     // Freed slots are usable again.
@@ -837,13 +843,7 @@ fn case_many_connections_cannot_fill_the_queue(ctx: &Ctx) -> CaseResult {
 /// the user to raise queue_capacity / workers. The daemon's message and
 /// ttsctl's hint must name max_connections.
 fn case_overloaded_hint_names_max_connections(ctx: &Ctx) -> CaseResult {
-    let open = Client::connect(&ctx.d.socket).map_err(|e| e.to_string())?.status().map_err(|e| e.to_string())?.connections
-        as usize;
-    let mut held: Vec<UnixStream> = Vec::new();
-    for _ in open.saturating_sub(1)..MAX_CONNECTIONS {
-        held.push(hello(ctx.d));
-    }
-    let mut extra = raw(ctx.d);
+    let (held, mut extra) = fill_connections(ctx)?;
     let answer = expect_error(&mut extra, None, ErrorCode::Overloaded)?;
     if !answer.contains("max_connections") {
         return Err(format!("the refusal does not name max_connections: {answer}"));

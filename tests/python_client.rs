@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn python3() -> String {
@@ -26,16 +26,6 @@ fn client(socket: &Path) -> Command {
         .arg(socket)
         .stdin(Stdio::null());
     c
-}
-
-fn check(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The keys of a JSON object, sorted.

@@ -19,21 +19,6 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 use ttsd::protocol::{encode, read_frame, write_frame, ErrorCode, HealthState, Reply, Request, PROTOCOL_VERSION};
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn check(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 /// Clear of the caller's settings: the tests choose the socket and the trust.
 fn clean(c: &mut Command) -> &mut Command {
     c.stdin(Stdio::null())

@@ -12,28 +12,13 @@ mod common;
 use common::*;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn ttsctl(socket: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ttsctl"));
     c.arg("--socket").arg(socket).stdin(Stdio::null());
     c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn check(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
 }
 
 /// One ready worker: lighter on a small machine, and timings are steadier.

@@ -361,11 +361,8 @@ impl Config {
     /// `threads_per_job` when set. How many one job uses is decided at
     /// dispatch ([`Config::job_threads`]).
     pub fn engine_threads(&self) -> usize {
-        if self.workers.threads_per_job > 0 {
-            self.workers.threads_per_job.min(64)
-        } else {
-            cores()
-        }
+        // What a lone job gets.
+        self.job_threads(1)
     }
 
     /// Cores a job may use when `busy` workers (this one included) are

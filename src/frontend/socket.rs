@@ -246,13 +246,9 @@ impl PeerPolicy {
         Ok(Self { own_uid: nix::unistd::getuid().as_raw(), uids: cfg.allowed_uids.clone(), gids })
     }
 
-    /// `gid` is the peer's primary gid from SO_PEERCRED; its supplementary
-    /// groups are looked up by uid when that is what decides.
-    pub fn allows(&self, uid: u32, gid: u32) -> bool {
-        self.allows_with(uid, gid, groups_of)
-    }
-
-    /// [`PeerPolicy::allows`] with the group lookup given (for tests).
+    /// The whole check with the group lookup given (the native front-end
+    /// runs [`PeerPolicy::decide`] and the lookup separately, off its loop).
+    #[cfg(test)]
     pub fn allows_with(&self, uid: u32, gid: u32, groups: impl FnOnce(u32) -> Vec<u32>) -> bool {
         match self.decide(uid, gid) {
             Some(verdict) => verdict,

@@ -102,7 +102,12 @@ pub fn run(
     let result = rt.block_on(serve(Settings { cfg, config_path, overrides, exe }, frontends));
     drop(rt);
     // Write out what is buffered; a stalled log reader gets 2 s, no more.
-    crate::log::stop_background(Duration::from_secs(2));
+    if crate::log::stop_background(Duration::from_secs(2)) && crate::log::dropped_lines() > 0 {
+        crate::logln!(
+            "ttsd: {} log line(s) were dropped in all: stderr was not read fast enough",
+            crate::log::dropped_lines()
+        );
+    }
     result
 }
 

@@ -67,7 +67,7 @@ pub fn config(dir: &Path, extra: &str) -> String {
 impl Daemon {
     /// Start ttsd with the test config plus `extra` (TOML lines).
     pub fn start(extra: &str) -> Self {
-        Self::spawn(tempfile::tempdir().unwrap(), extra)
+        Self::start_with(extra, Spawn { stderr: None, die_with_parent: false })
     }
 
     /// A second daemon using `dir`'s socket (the first one's config there).
@@ -89,28 +89,6 @@ impl Daemon {
 
     fn client_try(&self) -> Option<Client> {
         Client::connect(&self.socket).ok()
-    }
-
-    fn spawn(dir: tempfile::TempDir, extra: &str) -> Self {
-        let cfg = dir.path().join("daemon.toml");
-        std::fs::write(&cfg, config(dir.path(), extra)).unwrap();
-        let log = std::fs::File::create(dir.path().join("ttsd.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ttsd"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let socket = dir.path().join("ttsd.sock");
-        let d = Self { child, dir, socket, exited: None };
-        let t = Instant::now();
-        while UnixStream::connect(&d.socket).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "no socket after 10 s\n{}", d.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        d
     }
 
     pub fn pid(&self) -> u32 {
@@ -301,4 +279,21 @@ impl Drop for Stopped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Lossy UTF-8 of a command's output.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `out` exited with `code`; otherwise fail showing its stdout and stderr.
+pub fn check(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
