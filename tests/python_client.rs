@@ -14,7 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn python3() -> String {
-    let out = Command::new("python3").arg("--version").output().expect("python3 is required (scripts/setup installs it)");
+    let out = Command::new("python3")
+        .arg("--version")
+        .output()
+        .expect("python3 is required (scripts/setup installs it)");
     assert!(out.status.success(), "python3 --version failed");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -43,14 +46,24 @@ fn python_client_says_hello_into_a_wav_and_prints_status_json() {
     d.wait_idle(1, Duration::from_secs(120));
 
     let wav = d.dir.path().join("out.wav");
-    let out = client(&d.socket).args(["say", "Hello"]).arg(&wav).output().unwrap();
+    let out = client(&d.socket)
+        .args(["say", "Hello"])
+        .arg(&wav)
+        .output()
+        .unwrap();
     check(&out, 0);
     let mut r = hound::WavReader::open(&wav).unwrap();
     let spec = r.spec();
-    assert_eq!((spec.channels, spec.bits_per_sample, spec.sample_rate), (1, 16, 22050));
+    assert_eq!(
+        (spec.channels, spec.bits_per_sample, spec.sample_rate),
+        (1, 16, 22050)
+    );
     let samples: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
     assert!(samples.len() > 22050 / 4, "only {} samples", samples.len());
-    assert!(samples.iter().map(|s| s.unsigned_abs()).max().unwrap() > 500, "silence");
+    assert!(
+        samples.iter().map(|s| s.unsigned_abs()).max().unwrap() > 500,
+        "silence"
+    );
 
     let out = client(&d.socket).arg("status").output().unwrap();
     check(&out, 0);
@@ -64,16 +77,27 @@ fn python_client_says_hello_into_a_wav_and_prints_status_json() {
     assert_eq!(py["pid"], rust["pid"]);
     assert_eq!(py["workers"][0]["pid"], rust["workers"][0]["pid"]);
     assert!(py["workers"][0]["rss_bytes"].as_u64().unwrap() > 0);
-    assert!(py["totals"]["done"].as_u64().unwrap() >= 1, "{}", py["totals"]);
+    assert!(
+        py["totals"]["done"].as_u64().unwrap() >= 1,
+        "{}",
+        py["totals"]
+    );
 
     let out = client(&d.socket).arg("health").output().unwrap();
     check(&out, 0);
 
     // Errors are reported, not tracebacks: an unknown voice, and no daemon.
-    let out = client(&d.socket).args(["say", "Hi", "--voice", "nobody"]).arg(&wav).output().unwrap();
+    let out = client(&d.socket)
+        .args(["say", "Hi", "--voice", "nobody"])
+        .arg(&wav)
+        .output()
+        .unwrap();
     check(&out, 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_voice"));
-    let out = client(&d.dir.path().join("nothing.sock")).arg("status").output().unwrap();
+    let out = client(&d.dir.path().join("nothing.sock"))
+        .arg("status")
+        .output()
+        .unwrap();
     check(&out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
 }

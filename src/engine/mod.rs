@@ -34,6 +34,7 @@ pub mod params;
 pub mod phonemize;
 pub mod sanitize;
 pub mod split;
+pub mod ssml;
 pub mod thread;
 pub mod voice;
 pub mod voice_config;
@@ -66,6 +67,38 @@ pub struct Chunk {
     /// Index of the sentence this chunk belongs to, and how many there are.
     pub sentence: usize,
     pub sentences: usize,
+    /// On a sentence's first chunk, when the parameters ask for timings.
+    pub timings: Option<SentenceTimings>,
+}
+
+/// When the words (and phonemes) of one sentence are spoken: the duration
+/// predictor's frames per phoneme id, times the decoder's hop, so exactly
+/// where the audio has them. Samples count from the sentence's start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SentenceTimings {
+    /// The sentence's span of the text, in characters (empty for ids).
+    pub chars: std::ops::Range<usize>,
+    /// Its audio, in samples.
+    pub samples: u64,
+    pub words: Vec<TimedWord>,
+    /// Only with [`TimingLevel::Phonemes`](crate::protocol::TimingLevel).
+    pub phonemes: Vec<TimedPhoneme>,
+}
+
+/// A written word (characters of the text) and its samples `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedWord {
+    pub chars: std::ops::Range<usize>,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// One phoneme and its samples `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedPhoneme {
+    pub phoneme: char,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// What one synthesis produced.
@@ -156,6 +189,39 @@ impl Engine {
     pub fn params(&self, voice: &str, req: &Requested) -> Result<SynthParams, EngineError> {
         let v = self.voices.get(voice).ok_or_else(|| EngineError::UnknownVoice(voice.to_string()))?;
         Ok(SynthParams::resolve(req, v.config().inference))
+    }
+
+    /// How many characters at the start of `text` are whole sentences, as
+    /// the phonemizer's clause rules see them: sentences that end with
+    /// sentence punctuation and are followed by more text (what follows
+    /// tells "Dr. Smith" from "... the end. Then"). 0 when none is yet.
+    pub fn complete_sentences(&mut self, voice: &str, text: &str) -> Result<usize, EngineError> {
+        thread::assert_main_thread();
+        if text.trim().is_empty() {
+            return Ok(0);
+        }
+        let v = self
+            .voices
+            .get(voice)
+            .ok_or_else(|| EngineError::UnknownVoice(voice.to_string()))?;
+        let ph = self
+            .phonemizer
+            .as_mut()
+            .ok_or_else(|| EngineError::Phonemizer("no phonemizer loaded".into()))?;
+        let espeak_voice = v.config().espeak_voice.clone();
+        let sentences = match ph.sentences(text, &espeak_voice, false) {
+            Ok(s) => s,
+            // Nothing speakable yet (only punctuation so far).
+            Err(EngineError::InvalidInput(_)) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let followed = |end: usize| text.chars().skip(end).any(|c| !c.is_whitespace());
+        Ok(sentences
+            .iter()
+            .filter(|s| s.ended && followed(s.chars.end))
+            .map(|s| s.chars.end)
+            .max()
+            .unwrap_or(0))
     }
 
     /// Synthesize `input` with voice `voice`, handing each chunk to `on_chunk`

@@ -6,6 +6,7 @@
 //! [`limits`](crate::protocol::limits) do, in the voice) and never touches
 //! MLX.
 use super::vits::Sampling;
+use crate::protocol::TimingLevel;
 
 /// A voice's sampling scales: pace, prior noise and duration noise.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +31,7 @@ pub struct Requested {
     pub seed: Option<u64>,
     pub raw: bool,
     pub stream: bool,
+    pub timings: TimingLevel,
 }
 
 /// How to speak it, every value decided. Defaults are Piper's.
@@ -47,6 +49,8 @@ pub struct SynthParams {
     /// sentences. Streamed audio is not peak-normalised (that needs the whole
     /// sentence): it is the decoder's output, clipped.
     pub stream: bool,
+    /// Which timings go with each sentence's first chunk.
+    pub timings: TimingLevel,
 }
 
 impl SynthParams {
@@ -62,6 +66,7 @@ impl SynthParams {
             seed: req.seed,
             raw: req.raw,
             stream: req.stream,
+            timings: req.timings,
         }
     }
 
@@ -88,7 +93,16 @@ mod tests {
         let p = SynthParams::resolve(&req, voice);
         assert_eq!(
             p,
-            SynthParams { speaker: 2, length_scale: 1.5, noise_scale: 0.0, noise_w: 0.4, seed: Some(9), raw: false, stream: true }
+            SynthParams {
+                speaker: 2,
+                length_scale: 1.5,
+                noise_scale: 0.0,
+                noise_w: 0.4,
+                seed: Some(9),
+                raw: false,
+                stream: true,
+                timings: TimingLevel::None
+            }
         );
         let d = SynthParams::default();
         assert_eq!((d.length_scale, d.noise_scale, d.noise_w, d.speaker, d.seed), (1.0, 0.667, 0.8, 0, None));

@@ -43,12 +43,34 @@ impl IdKinds {
     }
 }
 
+/// One piece of a cut sentence: its ids, `[prefix, ids[body], suffix]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub ids: Vec<i64>,
+    /// The ids of the whole sentence this piece speaks.
+    pub body: std::ops::Range<usize>,
+    /// How many framing ids (BOS, pad) come before them.
+    pub head: usize,
+}
+
 /// `ids` cut into pieces of at most `max` ids each (see the module doc).
 /// A leading BOS (and its pad) and a trailing EOS are repeated on every
 /// piece; spaces at a cut are dropped.
 pub fn split_ids(ids: &[i64], kinds: &IdKinds, max: usize) -> Vec<Vec<i64>> {
+    split_pieces(ids, kinds, max)
+        .into_iter()
+        .map(|p| p.ids)
+        .collect()
+}
+
+/// [`split_ids`], each piece with the span of `ids` it speaks.
+pub fn split_pieces(ids: &[i64], kinds: &IdKinds, max: usize) -> Vec<Piece> {
     if ids.len() <= max {
-        return vec![ids.to_vec()];
+        return vec![Piece {
+            ids: ids.to_vec(),
+            body: 0..ids.len(),
+            head: 0,
+        }];
     }
     let mut head = 0;
     if kinds.bos.is_some() && ids.first().copied() == kinds.bos {
@@ -75,15 +97,24 @@ pub fn split_ids(ids: &[i64], kinds: &IdKinds, max: usize) -> Vec<Vec<i64>> {
             let target = start + left / left.div_ceil(budget);
             cuts.best(start, target, start + budget)
         };
-        let piece = cuts.trim_spaces(start, end);
-        if !piece.is_empty() {
-            out.push([prefix, piece, suffix].concat());
+        let span = cuts.trim_spaces(start, end);
+        if let Some(piece) = body.get(span.clone()).filter(|p| !p.is_empty()) {
+            out.push(Piece {
+                ids: [prefix, piece, suffix].concat(),
+                body: head + span.start..head + span.end,
+                head,
+            });
         }
         start = end;
     }
     if out.is_empty() {
         // Nothing but spaces: one framed piece of them.
-        out.push([prefix, &body[..budget.min(body.len())], suffix].concat());
+        let n = budget.min(body.len());
+        out.push(Piece {
+            ids: [prefix, &body[..n], suffix].concat(),
+            body: head..head + n,
+            head,
+        });
     }
     out
 }
@@ -138,8 +169,8 @@ impl Cuts<'_> {
             .unwrap_or(limit)
     }
 
-    /// `body[start..end]` without space units at either end.
-    fn trim_spaces(&self, mut start: usize, mut end: usize) -> &[i64] {
+    /// `body[start..end]` without space units at either end, as a range.
+    fn trim_spaces(&self, mut start: usize, mut end: usize) -> std::ops::Range<usize> {
         let unit = if self.kinds.pad.is_some() { 2 } else { 1 };
         while end >= start + unit && self.unit_before(end).is_some_and(|p| p >= start && self.is(p, self.kinds.space)) {
             end -= unit;
@@ -147,7 +178,7 @@ impl Cuts<'_> {
         while start + unit <= end && self.is(start, self.kinds.space) && (unit == 1 || self.is(start + 1, self.kinds.pad)) {
             start += unit;
         }
-        self.body.get(start..end).unwrap_or_default()
+        start..end.max(start)
     }
 }
 

@@ -11,13 +11,17 @@ use std::time::Instant;
 
 use mlx_rs::Array;
 
+#[cfg(test)]
 use super::phonemize::phonemes_to_ids;
-use super::split::{split_ids, IdKinds, MAX_SENTENCE_IDS};
+use super::phonemize::phonemes_to_ids_with_spans;
+use super::split::{split_pieces, IdKinds, MAX_SENTENCE_IDS};
 use super::vits::{ops::to_vec, Vits};
 use super::voice_config::VoiceConfig;
 use super::weights::Weights;
 use super::*;
 use crate::protocol::limits;
+use crate::protocol::TimingLevel;
+use std::ops::Range;
 
 /// What clients see of a voice.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -134,28 +138,89 @@ impl Voice {
     /// Turns the input into one phoneme-id list per sentence, each at most
     /// [`MAX_SENTENCE_IDS`] long (longer ones are cut at pauses or words,
     /// see [`super::split`]), so that no model call grows without bound.
-    pub fn sentences(&self, phonemizer: Option<&mut Phonemizer>, input: &SynthInput) -> Result<Vec<Vec<i64>>, EngineError> {
-        let bounded = |ids: Vec<Vec<i64>>| ids.iter().flat_map(|s| split_ids(s, &self.kinds, MAX_SENTENCE_IDS)).collect();
+    pub fn sentences(
+        &self,
+        phonemizer: Option<&mut Phonemizer>,
+        input: &SynthInput,
+    ) -> Result<Vec<Vec<i64>>, EngineError> {
+        Ok(self
+            .utterances(phonemizer, input, TimingLevel::None)?
+            .into_iter()
+            .map(|u| u.ids)
+            .collect())
+    }
+
+    /// [`Voice::sentences`], each with where its words (and, when asked,
+    /// phonemes) are among its ids.
+    pub fn utterances(
+        &self,
+        phonemizer: Option<&mut Phonemizer>,
+        input: &SynthInput,
+        timings: TimingLevel,
+    ) -> Result<Vec<Utterance>, EngineError> {
         match input {
             SynthInput::PhonemeIds(ids) => {
                 self.check_ids(ids)?;
-                Ok(bounded(vec![ids.clone()]))
+                let pieces = split_pieces(ids, &self.kinds, MAX_SENTENCE_IDS);
+                Ok(pieces
+                    .into_iter()
+                    .map(|p| Utterance {
+                        ids: p.ids,
+                        ..Default::default()
+                    })
+                    .collect())
             }
             SynthInput::Text(text) => {
                 if text.trim().is_empty() {
                     return Err(EngineError::InvalidInput("text is empty".into()));
                 }
-                let ph = phonemizer.ok_or_else(|| EngineError::Phonemizer("no phonemizer loaded".into()))?;
-                let sentences = ph.phonemize(text, &self.config.espeak_voice)?;
-                let ids: Vec<Vec<i64>> = sentences
-                    .iter()
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|s| phonemes_to_ids(s, &self.config.phoneme_id_map))
-                    .collect();
-                if ids.is_empty() {
-                    return Err(EngineError::InvalidInput("text has nothing to speak".into()));
+                let ph = phonemizer
+                    .ok_or_else(|| EngineError::Phonemizer("no phonemizer loaded".into()))?;
+                let sentences = ph.sentences(
+                    text,
+                    &self.config.espeak_voice,
+                    timings != TimingLevel::None,
+                )?;
+                let mut out = Vec::new();
+                for s in sentences.iter().filter(|s| !s.phonemes.trim().is_empty()) {
+                    let (ids, spans) =
+                        phonemes_to_ids_with_spans(&s.phonemes, &self.config.phoneme_id_map);
+                    let ids_of = |r: &Range<usize>| match (
+                        spans.get(r.start),
+                        r.end.checked_sub(1).and_then(|e| spans.get(e)),
+                    ) {
+                        (Some(a), Some(b)) if r.end > r.start => Some(a.start..b.end),
+                        _ => None,
+                    };
+                    let words: Vec<(Range<usize>, Range<usize>)> = s
+                        .words
+                        .iter()
+                        .filter_map(|w| ids_of(&w.phonemes).map(|ids| (w.chars.clone(), ids)))
+                        .collect();
+                    let phonemes: Vec<(char, Range<usize>)> = if timings == TimingLevel::Phonemes {
+                        s.phonemes
+                            .chars()
+                            .zip(spans.iter())
+                            .filter(|(c, r)| *c != ' ' && !r.is_empty())
+                            .map(|(c, r)| (c, r.clone()))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    out.extend(Utterance::cut(
+                        ids,
+                        s.chars.clone(),
+                        &words,
+                        &phonemes,
+                        &self.kinds,
+                    ));
                 }
-                Ok(bounded(ids))
+                if out.is_empty() {
+                    return Err(EngineError::InvalidInput(
+                        "text has nothing to speak".into(),
+                    ));
+                }
+                Ok(out)
             }
         }
     }
@@ -178,8 +243,11 @@ impl Voice {
         self.check_params(params)?;
         let started = Instant::now();
         let mut callback_time = 0.0f64;
-        let sentences = self.sentences(phonemizer, input)?;
-        let mut stages = StageTimes { phonemize: started.elapsed().as_secs_f64(), ..Default::default() };
+        let sentences = self.utterances(phonemizer, input, params.timings)?;
+        let mut stages = StageTimes {
+            phonemize: started.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
         let lap = |t: &mut Instant| {
             let now = Instant::now();
             let s = now.duration_since(*t).as_secs_f64();
@@ -198,13 +266,19 @@ impl Voice {
             r
         };
 
-        for (index, ids) in sentences.iter().enumerate() {
+        let hop = self.model.dec.hop() as u64;
+        for (index, utt) in sentences.iter().enumerate() {
             check()?;
             let mut t = Instant::now();
-            let prior = self.model.prior(ids, g.as_ref(), params.sampling(seed), cancelled)?;
+            let prior = self
+                .model
+                .prior(&utt.ids, g.as_ref(), params.sampling(seed), cancelled)?;
             stages.prior += lap(&mut t);
             seed = seed.wrapping_add(1);
             let frames = prior.z_p.shape()[0] as usize;
+            // Handed out with the sentence's first chunk.
+            let mut timings = (params.timings != TimingLevel::None)
+                .then(|| utt.timings(&prior.durations, frames as u64, hop));
             let mut start = 0;
             if params.stream {
                 // First chunk early: the flow over just the frames it needs.
@@ -215,7 +289,13 @@ impl Voice {
                 stages.flow += lap(&mut t);
                 let audio = to_vec(&self.model.decode_window(&z_head, 0, end, g.as_ref(), cancelled)?)?;
                 stages.decode += lap(&mut t);
-                send(Chunk { samples: to_pcm(&audio, 1.0), sentence: index, sentences: sentences.len() }, &mut summary)?;
+                let chunk = Chunk {
+                    samples: to_pcm(&audio, 1.0),
+                    sentence: index,
+                    sentences: sentences.len(),
+                    timings: timings.take(),
+                };
+                send(chunk, &mut summary)?;
                 start = end;
             }
             if start >= frames {
@@ -235,7 +315,13 @@ impl Voice {
                 let audio = to_vec(&self.model.decode_window(&z, start, end, g.as_ref(), cancelled)?)?;
                 stages.decode += lap(&mut t);
                 if params.stream {
-                    send(Chunk { samples: to_pcm(&audio, 1.0), sentence: index, sentences: sentences.len() }, &mut summary)?;
+                    let chunk = Chunk {
+                        samples: to_pcm(&audio, 1.0),
+                        sentence: index,
+                        sentences: sentences.len(),
+                        timings: timings.take(),
+                    };
+                    send(chunk, &mut summary)?;
                     t = Instant::now();
                 } else {
                     pieces.push(audio);
@@ -245,7 +331,13 @@ impl Voice {
             if !params.stream {
                 let audio: Vec<f32> = pieces.concat();
                 let gain = if params.raw { 1.0 } else { peak_gain(&audio) };
-                send(Chunk { samples: to_pcm(&audio, gain), sentence: index, sentences: sentences.len() }, &mut summary)?;
+                let chunk = Chunk {
+                    samples: to_pcm(&audio, gain),
+                    sentence: index,
+                    sentences: sentences.len(),
+                    timings: timings.take(),
+                };
+                send(chunk, &mut summary)?;
             }
         }
         summary.synth_seconds = started.elapsed().as_secs_f64() - callback_time;
@@ -265,6 +357,118 @@ impl Voice {
     }
 }
 
+/// One model call's worth of a sentence: its phoneme ids, and where its
+/// words and phonemes are among them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Utterance {
+    pub ids: Vec<i64>,
+    /// Its span of the text, in characters.
+    pub chars: Range<usize>,
+    /// Each word's characters, and its ids in `ids`.
+    pub words: Vec<(Range<usize>, Range<usize>)>,
+    /// Each phoneme, and its ids in `ids`.
+    pub phonemes: Vec<(char, Range<usize>)>,
+}
+
+impl Utterance {
+    /// A sentence's ids cut to the model's bound ([`split_pieces`]), with
+    /// each word and phoneme moved to the piece its first id falls in
+    /// (ids indices are the whole sentence's in, the piece's out).
+    fn cut(
+        ids: Vec<i64>,
+        chars: Range<usize>,
+        words: &[(Range<usize>, Range<usize>)],
+        phonemes: &[(char, Range<usize>)],
+        kinds: &IdKinds,
+    ) -> Vec<Utterance> {
+        let pieces = split_pieces(&ids, kinds, MAX_SENTENCE_IDS);
+        let n = pieces.len();
+        // The piece whose body starts last at or before `id`.
+        let owner = |id: usize| pieces.iter().rposition(|p| p.body.start <= id).unwrap_or(0);
+        let local = |p: &super::split::Piece, r: &Range<usize>| {
+            let a = p.head + r.start.clamp(p.body.start, p.body.end) - p.body.start;
+            let b = p.head + r.end.clamp(p.body.start, p.body.end) - p.body.start;
+            a..b.max(a)
+        };
+        let mut out: Vec<Utterance> = pieces
+            .iter()
+            .map(|p| Utterance {
+                ids: p.ids.clone(),
+                chars: chars.clone(),
+                words: Vec::new(),
+                phonemes: Vec::new(),
+            })
+            .collect();
+        for (c, r) in words {
+            let i = owner(r.start);
+            if let (Some(u), Some(p)) = (out.get_mut(i), pieces.get(i)) {
+                u.words.push((c.clone(), local(p, r)));
+            }
+        }
+        for (c, r) in phonemes {
+            let i = owner(r.start);
+            if let (Some(u), Some(p)) = (out.get_mut(i), pieces.get(i)) {
+                u.phonemes.push((*c, local(p, r)));
+            }
+        }
+        if n > 1 {
+            // Each piece's share of the text: up to the next piece's first word.
+            let starts: Vec<usize> = (0..n)
+                .map(|i| {
+                    if i == 0 {
+                        chars.start
+                    } else {
+                        out[i].words.first().map_or(chars.start, |w| w.0.start)
+                    }
+                })
+                .collect();
+            for i in 0..n {
+                let end = if i + 1 < n {
+                    starts[i + 1].max(starts[i])
+                } else {
+                    chars.end.max(starts[i])
+                };
+                out[i].chars = starts[i]..end;
+            }
+        }
+        out
+    }
+
+    /// Its timings, from the frames the duration predictor gave each id.
+    fn timings(&self, durations: &[u32], frames: u64, hop: u64) -> SentenceTimings {
+        let mut at = Vec::with_capacity(durations.len() + 1);
+        let mut sum = 0u64;
+        at.push(0);
+        for &d in durations {
+            sum += d as u64;
+            at.push(sum);
+        }
+        let sample = |id: usize| at.get(id).or(at.last()).copied().unwrap_or(0) * hop;
+        SentenceTimings {
+            chars: self.chars.clone(),
+            samples: frames * hop,
+            words: self
+                .words
+                .iter()
+                .map(|(c, r)| TimedWord {
+                    chars: c.clone(),
+                    start: sample(r.start),
+                    end: sample(r.end),
+                })
+                .collect(),
+            phonemes: self
+                .phonemes
+                .iter()
+                .map(|(c, r)| TimedPhoneme {
+                    phoneme: *c,
+                    start: sample(r.start),
+                    end: sample(r.end),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Piper's per-sentence normalisation: scale the peak to full scale.
 fn peak_gain(audio: &[f32]) -> f32 {
     let peak = audio.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -280,7 +484,8 @@ pub fn to_pcm(audio: &[f32], gain: f32) -> Vec<i16> {
     audio.iter().map(|&v| ((v * gain).clamp(-1.0, 1.0) * 32767.0) as i16).collect()
 }
 
-fn random_seed() -> u64 {
+/// A seed for a request that gave none.
+pub fn random_seed() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     nanos ^ (std::process::id() as u64).rotate_left(32)

@@ -21,9 +21,15 @@
 use super::activation;
 use super::socket::{self, groups_of, PeerPolicy, SocketFile};
 use crate::config::Config;
-use crate::protocol::{self, ErrorCode, FrameError, Reply, Request, PROTOCOL_VERSION};
+use crate::protocol::{
+    self, ErrorCode, FrameError, Reply, Request, SpeechOptions, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+};
 use crate::supervisor::outbox;
-use crate::supervisor::{Admission, CloseReason, Frontend, Handle, Outbound, Outbox, Outgoing, Query, Session};
+use crate::supervisor::{
+    Admission, CloseReason, Frontend, Handle, Outbound, Outbox, Outgoing, Query, Session,
+    Submission,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -203,13 +209,13 @@ pub async fn serve(stream: UnixStream, core: Handle, limits: Limits, admission: 
     let (mut rd, wr) = stream.into_split();
     let (out, outgoing) = outbox::channel(encode_reply);
     tokio::spawn(write_loop(wr, outgoing, admission));
-    if !hello(&mut rd, &out, limits.max_frame).await {
+    let Some(version) = hello(&mut rd, &out, limits.max_frame).await else {
         return;
-    }
+    };
     out.touch();
     let Ok(session) = core.connect(out.clone()) else { return };
     drop(core);
-    read_loop(&mut rd, &out, &session, limits).await;
+    read_loop(&mut rd, &out, &session, limits, version).await;
     if out.is_closing() {
         // Make sure the writer stops too (idle close: nothing is queued).
         let _ = out.send(Outbound::Close);
@@ -218,32 +224,42 @@ pub async fn serve(stream: UnixStream, core: Handle, limits: Limits, admission: 
     drop(session);
 }
 
-/// The handshake: whether the client said Hello in our version (answered
-/// HelloOk); anything else is answered, and the connection closed.
-async fn hello(rd: &mut OwnedReadHalf, out: &Outbox, max_frame: usize) -> bool {
+/// The handshake: the version the client said in Hello, when this server
+/// speaks it (answered HelloOk in that version); anything else is
+/// answered, and the connection closed.
+async fn hello(rd: &mut OwnedReadHalf, out: &Outbox, max_frame: usize) -> Option<u32> {
     let refused = match tokio::time::timeout(HELLO_TIMEOUT, protocol::read_frame_async::<Request, _>(rd, max_frame)).await {
-        Ok(Ok(Some(Request::Hello { version, .. }))) if version == PROTOCOL_VERSION => {
+        Ok(Ok(Some(Request::Hello { version, .. }))) if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) => {
             let server = format!("ttsd {}", env!("CARGO_PKG_VERSION"));
-            let _ = out.send(Outbound::Frame(Reply::HelloOk { version: PROTOCOL_VERSION, server }));
-            return true;
+            let _ = out.send(Outbound::Frame(Reply::HelloOk { version, server }));
+            return Some(version);
         }
         Ok(Ok(Some(Request::Hello { version, .. }))) => error(
             ErrorCode::UnsupportedVersion,
-            format!("protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"),
+            format!(
+                "protocol version {version} is not supported; this server speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+            ),
         ),
         Ok(Ok(Some(_))) => error(ErrorCode::BadRequest, "the first frame must be Hello"),
-        Ok(Ok(None)) | Ok(Err(FrameError::Truncated)) | Ok(Err(FrameError::Io(_))) => return false,
+        Ok(Ok(None)) | Ok(Err(FrameError::Truncated)) | Ok(Err(FrameError::Io(_))) => return None,
         Ok(Err(e @ FrameError::TooLarge { .. })) => error(ErrorCode::FrameTooLarge, frame_error(&e)),
         Ok(Err(e @ FrameError::Malformed(_))) => error(ErrorCode::MalformedFrame, frame_error(&e)),
         Err(_) => error(ErrorCode::BadRequest, format!("no Hello within {} s", HELLO_TIMEOUT.as_secs())),
     };
     let _ = out.send(refused);
     let _ = out.send(Outbound::Close);
-    false
+    None
 }
 
-/// Frames to session calls until the connection ends.
-async fn read_loop(rd: &mut OwnedReadHalf, out: &Outbox, session: &Session, limits: Limits) {
+/// Frames to session calls until the connection ends. `version`: what the
+/// client said in Hello; requests of a later version are refused.
+async fn read_loop(
+    rd: &mut OwnedReadHalf,
+    out: &Outbox,
+    session: &Session,
+    limits: Limits,
+    version: u32,
+) {
     loop {
         // Read nothing more while the client leaves its replies unread or
         // the arbiter has not taken this session's last requests.
@@ -270,8 +286,25 @@ async fn read_loop(rd: &mut OwnedReadHalf, out: &Outbox, session: &Session, limi
         if matches!(frame, Ok(Some(_)) | Err(FrameError::Malformed(_))) {
             out.touch();
         }
+        if let Ok(Some(req)) = &frame {
+            if req.min_version() > version {
+                let why = format!("this request needs protocol version {}; the connection said {version} in Hello", req.min_version());
+                let _ = out.send(error(ErrorCode::BadRequest, why));
+                continue;
+            }
+        }
         let sent = match frame {
-            Ok(Some(Request::Synthesize(req))) => session.submit(ticket, req),
+            Ok(Some(Request::Synthesize(req))) => {
+                session.submit(ticket, Submission::whole(req, SpeechOptions::default()))
+            }
+            Ok(Some(Request::SynthesizeWith { req, opts })) => {
+                session.submit(ticket, Submission::whole(req, opts))
+            }
+            Ok(Some(Request::OpenText { req, opts })) => {
+                session.submit(ticket, Submission::streamed(req, opts))
+            }
+            Ok(Some(Request::AppendText { id, text })) => session.append(ticket, id, text),
+            Ok(Some(Request::FinishText { id })) => session.finish(ticket, id),
             Ok(Some(Request::Cancel { id })) => session.cancel(ticket, id),
             Ok(Some(Request::Status)) => session.query(ticket, Query::Status),
             Ok(Some(Request::Health)) => session.query(ticket, Query::Health),

@@ -15,8 +15,12 @@ pub use frame::{decode, encode, read_frame, read_frame_async, write_frame, Frame
 
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this build speaks (sent in Hello / HelloOk).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version this build speaks (sent in HelloOk to a
+/// client that says it, or a newer one is refused).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version still served: version 1 clients keep working, byte
+/// for byte (version 2 only appends variants).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// Most characters of client input (a voice name, a text) that a reply or a
 /// log line may echo: a client must not be able to make the daemon repeat a
@@ -43,6 +47,96 @@ pub enum Request {
     Status,
     Health,
     Voices,
+    /// Version 2: a synthesize request with the options version 1 cannot
+    /// express (timings, SSML).
+    SynthesizeWith {
+        req: SynthRequest,
+        opts: SpeechOptions,
+    },
+    /// Version 2: opens a streamed-text request. `req.input` must be
+    /// `Text`: the first piece (it may be empty). More pieces follow with
+    /// `AppendText`, then `FinishText`; each complete sentence is spoken as
+    /// soon as it has arrived.
+    OpenText {
+        req: SynthRequest,
+        opts: SpeechOptions,
+    },
+    /// Version 2: the next piece of open streamed-text request `id`, of any
+    /// size (it may end inside a word, or inside an SSML tag).
+    AppendText {
+        id: u64,
+        text: String,
+    },
+    /// Version 2: no more pieces for `id`: the rest is spoken, then the
+    /// request's one terminal reply.
+    FinishText {
+        id: u64,
+    },
+}
+
+impl Request {
+    /// The protocol version a client must have said in Hello to send this.
+    pub fn min_version(&self) -> u32 {
+        match self {
+            Request::SynthesizeWith { .. }
+            | Request::OpenText { .. }
+            | Request::AppendText { .. }
+            | Request::FinishText { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Which timings a request wants with its audio (version 2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimingLevel {
+    #[default]
+    None,
+    /// A `Timings` reply per sentence with its words.
+    Words,
+    /// Words, and every phoneme.
+    Phonemes,
+}
+
+/// What version 2 adds to a synthesize request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpeechOptions {
+    pub timings: TimingLevel,
+    /// The text is SSML: `<speak>`, `<mark name=.../>` and `<break .../>`
+    /// are honoured, other tags stripped (their text kept), entities
+    /// decoded. Marks are reported in `Timings` replies whatever `timings`.
+    pub ssml: bool,
+}
+
+/// One word of the request's text and when it is spoken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WordTiming {
+    /// Character offsets (Unicode scalar values) of the word in the
+    /// request's text as sent (all pieces of a streamed text together;
+    /// for SSML, in the markup): `[text_start, text_end)`.
+    pub text_start: u32,
+    pub text_end: u32,
+    /// The word as written (at most 64 characters of it).
+    pub word: String,
+    /// Samples from the start of the request's audio: `[start, end)`.
+    pub start: u64,
+    pub end: u64,
+}
+
+/// One phoneme (espeak-ng IPA, one Unicode scalar) and when it is spoken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhonemeTiming {
+    pub phoneme: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// An SSML `<mark name=.../>` and the sample it falls on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkTiming {
+    pub name: String,
+    pub sample: u64,
 }
 
 /// What to speak.
@@ -133,8 +227,23 @@ pub enum Reply {
     /// connection or a frame that named no request; terminal for nothing.
     Error { id: Option<u64>, code: ErrorCode, message: String },
     Status(StatusReply),
-    Health { state: HealthState, reason: Option<String> },
-    Voices { default_voice: String, voices: Vec<VoiceStatus> },
+    Health {
+        state: HealthState,
+        reason: Option<String>,
+    },
+    Voices {
+        default_voice: String,
+        voices: Vec<VoiceStatus>,
+    },
+    /// Version 2: when the words (and phonemes, and marks) of one sentence
+    /// are spoken, sent before that sentence's audio. Only to requests that
+    /// asked for timings or sent SSML with marks.
+    Timings {
+        id: u64,
+        words: Vec<WordTiming>,
+        phonemes: Vec<PhonemeTiming>,
+        marks: Vec<MarkTiming>,
+    },
 }
 
 /// The fixed set of error codes. Wire tag = position in this list.

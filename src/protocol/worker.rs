@@ -3,7 +3,9 @@
 //!
 //! Owns the message types only. Never exposed to clients; it may change
 //! freely between builds because both ends are always the same binary.
-use super::{ErrorCode, Fault, Input, VoiceDesc};
+use super::{
+    ErrorCode, Fault, Input, MarkTiming, PhonemeTiming, SpeechOptions, VoiceDesc, WordTiming,
+};
 use serde::{Deserialize, Serialize};
 
 /// Largest internal frame (an audio chunk of one long sentence fits easily).
@@ -36,6 +38,11 @@ pub struct Job {
     /// machine out among the busy workers. Same audio whatever it is.
     pub threads: u32,
     pub fault: Option<Fault>,
+    pub opts: SpeechOptions,
+    /// A streamed text: `input` is the text so far, more may follow in
+    /// `ToWorker::Text` until `ToWorker::Finish` (or `finished` already).
+    pub text_stream: bool,
+    pub finished: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +54,17 @@ pub enum ToWorker {
     Cancel { job: u64 },
     /// Exit after the current job (if any).
     Stop,
+    /// The next piece of streamed-text job `job`; the deadline moved.
+    Text {
+        job: u64,
+        text: String,
+        remaining_ms: u64,
+    },
+    /// No more text for streamed-text job `job`.
+    Finish {
+        job: u64,
+        remaining_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,11 +74,37 @@ pub enum FromWorker {
     Ready { voices: Vec<(String, VoiceDesc)>, failed: Vec<(String, String)> },
     /// No voice loaded: one of these per voice, then the worker exits with
     /// `EXIT_LOAD_FAILED`.
-    LoadFailed { voice: String, reason: String },
-    Heartbeat { rss_bytes: u64 },
-    Chunk { job: u64, sample_rate: u32, samples: Vec<i16> },
-    JobDone { job: u64, samples: u64, sample_rate: u32, synth_ms: u64 },
-    JobFailed { job: u64, code: ErrorCode, message: String },
+    LoadFailed {
+        voice: String,
+        reason: String,
+    },
+    Heartbeat {
+        rss_bytes: u64,
+    },
+    Chunk {
+        job: u64,
+        sample_rate: u32,
+        samples: Vec<i16>,
+    },
+    /// Timings of the sentence whose audio follows (offsets already in the
+    /// request's text and audio).
+    Timings {
+        job: u64,
+        words: Vec<WordTiming>,
+        phonemes: Vec<PhonemeTiming>,
+        marks: Vec<MarkTiming>,
+    },
+    JobDone {
+        job: u64,
+        samples: u64,
+        sample_rate: u32,
+        synth_ms: u64,
+    },
+    JobFailed {
+        job: u64,
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Exit code of a worker that could not load its voices: the supervisor

@@ -14,18 +14,18 @@
 //! worker channels do the writing), and never panics on what a client or a
 //! worker sends: a broken invariant is logged as `internal`, and the request
 //! involved, if any, is answered `internal`.
-use super::event::{ConnId, Event, JobId, Lifecycle, Query, WorkerId};
+use super::event::{ConnId, Event, JobId, Lifecycle, Query, Submission, WorkerId};
 use super::memory::Trimmer;
 use super::outbox::{Outbound, Outbox};
 use super::policy::{self, Candidate, Clocks, Death, Fate, Slot, Watch};
 use super::pool::{self, Phase, SpawnSpec, WorkerHandle};
 use super::reload;
-use super::request::{Outcomes, Pending};
+use super::request::{Outcomes, Pending, TextStream};
 use super::status::{self, Health, Snapshot, Voices};
 use super::validate;
 use crate::config::{Config, Overrides};
 use crate::protocol::worker::{FromWorker, Job, ToWorker, VoiceSpec, EXIT_LOAD_FAILED};
-use crate::protocol::{ErrorCode, HealthState, Reply, StatusReply, SynthRequest};
+use crate::protocol::{ErrorCode, HealthState, Input, Reply, StatusReply};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -181,8 +181,12 @@ impl Arbiter {
             Event::Connected { conn, out } => {
                 self.conns.insert(conn, out);
             }
-            Event::Submit { conn, req, arrived, .. } => self.submit(conn, req, arrived),
+            Event::Submit {
+                conn, sub, arrived, ..
+            } => self.submit(conn, sub, arrived),
             Event::Cancel { conn, id, .. } => self.cancel(conn, id),
+            Event::Append { conn, id, text, .. } => self.more_text(conn, id, Some(text)),
+            Event::Finish { conn, id, .. } => self.more_text(conn, id, None),
             Event::Query { conn, what, .. } => {
                 let reply = self.answer(what);
                 if let Some(out) = self.conns.get(&conn) {
@@ -217,8 +221,15 @@ impl Arbiter {
         self.queue.iter().any(matches) || self.running.values().any(|r| matches(&r.pending))
     }
 
-    fn submit(&mut self, conn: ConnId, req: SynthRequest, arrived: Instant) {
-        let Some(out) = self.conns.get(&conn).cloned() else { return };
+    fn submit(&mut self, conn: ConnId, sub: Submission, arrived: Instant) {
+        let Submission {
+            req,
+            opts,
+            streamed_text,
+        } = sub;
+        let Some(out) = self.conns.get(&conn).cloned() else {
+            return;
+        };
         if self.is_pending(conn, req.id) {
             let _ = out.send(Outbound::Frame(Reply::Error {
                 id: None,
@@ -229,6 +240,7 @@ impl Arbiter {
         }
         let checked = validate::check(
             &req,
+            streamed_text,
             &self.cfg.default_voice,
             &self.voices.known(),
             self.cfg.requests.max_text_chars,
@@ -239,7 +251,27 @@ impl Arbiter {
         let voice = checked.clone().unwrap_or_default();
         // Before this request counts against its connection.
         let active = out.active();
-        let mut p = Pending::new(conn, req, voice, arrived, deadline, out, self.outcomes.clone());
+        let chars = match &req.input {
+            Input::Text(t) => t.chars().count(),
+            Input::PhonemeIds(_) => 0,
+        };
+        let mut p = Pending::new(
+            conn,
+            req,
+            voice,
+            arrived,
+            deadline,
+            out,
+            self.outcomes.clone(),
+        );
+        p.opts = opts;
+        if streamed_text {
+            p.text_stream = Some(TextStream {
+                finished: false,
+                chars,
+                timeout: Duration::from_millis(timeout),
+            });
+        }
         if let Err((code, message)) = checked {
             return p.fail(code, message, None);
         }
@@ -307,6 +339,110 @@ impl Arbiter {
         }
     }
 
+    /// The next piece (`Some`) or the end (`None`) of streamed-text request
+    /// `id`. Each moves its deadline: `timeout_ms` is the time the client
+    /// has for each piece, and then for the rest to be spoken.
+    fn more_text(&mut self, conn: ConnId, id: u64, piece: Option<String>) {
+        let now = Instant::now();
+        let max_chars = self.cfg.requests.max_text_chars;
+        let queued = self
+            .queue
+            .iter()
+            .position(|p| p.conn == conn && p.id() == id);
+        let running = self
+            .running
+            .iter()
+            .find(|(_, r)| r.pending.conn == conn && r.pending.id() == id)
+            .map(|(&j, r)| (j, r.wid));
+        let pending = match (queued, running) {
+            (Some(i), _) => self.queue.get_mut(i),
+            (None, Some((job, _))) => self.running.get_mut(&job).map(|r| &mut r.pending),
+            (None, None) => None,
+        };
+        let refuse = |conns: &HashMap<ConnId, Outbox>, code: ErrorCode, message: String| {
+            if let Some(out) = conns.get(&conn) {
+                let _ = out.send(Outbound::Frame(Reply::Error {
+                    id: None,
+                    code,
+                    message,
+                }));
+            }
+        };
+        let Some(p) = pending else {
+            return refuse(
+                &self.conns,
+                ErrorCode::UnknownId,
+                format!("no pending request with id {id} on this connection"),
+            );
+        };
+        let Some(ts) = p.text_stream.as_mut() else {
+            return refuse(
+                &self.conns,
+                ErrorCode::BadRequest,
+                format!("request {id} is not a streamed text (open it with OpenText)"),
+            );
+        };
+        if ts.finished || p.ended_because.is_some() {
+            return refuse(
+                &self.conns,
+                ErrorCode::BadRequest,
+                format!("request {id} was already finished"),
+            );
+        }
+        let over = piece.as_ref().and_then(|t| {
+            let total = ts.chars + t.chars().count();
+            (total > max_chars).then(|| {
+                format!("the streamed text would have {total} characters, more than max_text_chars ({max_chars}); the request ends here")
+            })
+        });
+        if let Some(why) = over {
+            // Ends the request: queued, at once; running, when its worker
+            // has stopped (the cancel's answer carries this reason).
+            match (queued, running) {
+                (Some(i), _) => {
+                    if let Some(p) = self.queue.remove(i) {
+                        p.fail(ErrorCode::BadRequest, why, None);
+                    }
+                }
+                (None, Some((job, wid))) => {
+                    p.ended_because = Some((ErrorCode::BadRequest, why));
+                    if !p.cancel_sent {
+                        p.cancel_sent = true;
+                        if let Some(w) = self.workers.get(&wid) {
+                            let _ = w.send(ToWorker::Cancel { job });
+                        }
+                    }
+                }
+                (None, None) => {}
+            }
+            return;
+        }
+        p.deadline = policy::deadline(now, ts.timeout.as_millis() as u64);
+        let remaining_ms = ts.timeout.as_millis().max(1) as u64;
+        let msg = match piece {
+            Some(text) => {
+                ts.chars += text.chars().count();
+                if let Input::Text(all) = &mut p.req.input {
+                    all.push_str(&text);
+                }
+                running.map(|(job, _)| ToWorker::Text {
+                    job,
+                    text,
+                    remaining_ms,
+                })
+            }
+            None => {
+                ts.finished = true;
+                running.map(|(job, _)| ToWorker::Finish { job, remaining_ms })
+            }
+        };
+        if let (Some(msg), Some((_, wid))) = (msg, running) {
+            if let Some(w) = self.workers.get(&wid) {
+                let _ = w.send(msg);
+            }
+        }
+    }
+
     fn disconnected(&mut self, conn: ConnId) {
         self.conns.remove(&conn);
         let (gone, keep): (VecDeque<Pending>, VecDeque<Pending>) =
@@ -369,7 +505,24 @@ impl Arbiter {
                     }
                 }
             }
-            FromWorker::JobDone { job, samples, sample_rate, synth_ms } => {
+            FromWorker::Timings {
+                job,
+                words,
+                phonemes,
+                marks,
+            } => {
+                if w.job == Some(job) {
+                    if let Some(r) = self.running.get_mut(&job) {
+                        r.pending.timings(words, phonemes, marks);
+                    }
+                }
+            }
+            FromWorker::JobDone {
+                job,
+                samples,
+                sample_rate,
+                synth_ms,
+            } => {
                 if w.job == Some(job) {
                     w.job = None;
                     w.jobs_done += 1;
@@ -717,6 +870,9 @@ impl Arbiter {
                 remaining_ms: p.deadline.saturating_duration_since(now).as_millis().max(1) as u64,
                 threads: threads as u32,
                 fault: p.req.fault,
+                opts: p.opts,
+                text_stream: p.text_stream.is_some(),
+                finished: p.text_stream.as_ref().is_none_or(|t| t.finished),
             };
             if let Err(e) = w.send(ToWorker::Job(job)) {
                 // Logged by send; the worker stays idle for the next one.

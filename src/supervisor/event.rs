@@ -6,7 +6,7 @@
 //! and worker tasks send events, the arbiter alone receives them.
 use super::outbox::{CloseReason, Outbox};
 use crate::protocol::worker::FromWorker;
-use crate::protocol::SynthRequest;
+use crate::protocol::{SpeechOptions, SynthRequest};
 use std::process::ExitStatus;
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
@@ -25,13 +25,70 @@ pub enum Event {
     Connected { conn: ConnId, out: Outbox },
     /// A request's `ticket` is released when the event is dropped, letting
     /// its session hand over the next one.
-    Submit { conn: ConnId, req: SynthRequest, arrived: Instant, ticket: Ticket },
-    Cancel { conn: ConnId, id: u64, ticket: Ticket },
-    Query { conn: ConnId, what: Query, ticket: Ticket },
+    Submit {
+        conn: ConnId,
+        sub: Submission,
+        arrived: Instant,
+        ticket: Ticket,
+    },
+    Cancel {
+        conn: ConnId,
+        id: u64,
+        ticket: Ticket,
+    },
+    /// The next piece of streamed-text request `id`.
+    Append {
+        conn: ConnId,
+        id: u64,
+        text: String,
+        ticket: Ticket,
+    },
+    /// No more pieces for streamed-text request `id`.
+    Finish {
+        conn: ConnId,
+        id: u64,
+        ticket: Ticket,
+    },
+    Query {
+        conn: ConnId,
+        what: Query,
+        ticket: Ticket,
+    },
     /// `reason`: the daemon closed it (else the client did, or it broke).
     Disconnected { conn: ConnId, reason: Option<CloseReason> },
     Worker { wid: WorkerId, msg: FromWorker },
     Exited { wid: WorkerId, status: ExitStatus },
+}
+
+/// A synthesize request as a front-end hands it over: the request, what
+/// version 2 added to it, and whether its text is still arriving.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub req: SynthRequest,
+    pub opts: SpeechOptions,
+    /// The text arrives in pieces (`Session::append`, then `finish`);
+    /// `req.input` holds the first.
+    pub streamed_text: bool,
+}
+
+impl Submission {
+    /// All the text at once.
+    pub fn whole(req: SynthRequest, opts: SpeechOptions) -> Self {
+        Self {
+            req,
+            opts,
+            streamed_text: false,
+        }
+    }
+
+    /// The first piece of a text still arriving.
+    pub fn streamed(req: SynthRequest, opts: SpeechOptions) -> Self {
+        Self {
+            req,
+            opts,
+            streamed_text: true,
+        }
+    }
 }
 
 /// What a client may ask about the daemon; answered at once.

@@ -8,9 +8,8 @@
 //! [`EVENTS_IN_FLIGHT`] requests of one session waiting for the arbiter.
 //! It never touches the queue, a worker or a socket, and never answers a
 //! request: replies come back through the session's [`Outbox`].
-use super::event::{ConnId, Event, Lifecycle, Query, Ticket};
+use super::event::{ConnId, Event, Lifecycle, Query, Submission, Ticket};
 use super::outbox::Outbox;
-use crate::protocol::SynthRequest;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -130,9 +129,34 @@ impl Session {
     }
 
     /// Queue a synthesize request; it arrived now. Its replies (`Queued`,
-    /// `Audio`, then exactly one `Done` or `Error`) go to the outbox.
-    pub fn submit(&self, ticket: Ticket, req: SynthRequest) -> Result<(), Stopped> {
-        self.send(Event::Submit { conn: self.conn, req, arrived: Instant::now(), ticket })
+    /// `Audio` and `Timings`, then exactly one `Done` or `Error`) go to the
+    /// outbox.
+    pub fn submit(&self, ticket: Ticket, sub: Submission) -> Result<(), Stopped> {
+        self.send(Event::Submit {
+            conn: self.conn,
+            sub,
+            arrived: Instant::now(),
+            ticket,
+        })
+    }
+
+    /// The next piece of this session's streamed-text request `id`.
+    pub fn append(&self, ticket: Ticket, id: u64, text: String) -> Result<(), Stopped> {
+        self.send(Event::Append {
+            conn: self.conn,
+            id,
+            text,
+            ticket,
+        })
+    }
+
+    /// No more pieces for this session's streamed-text request `id`.
+    pub fn finish(&self, ticket: Ticket, id: u64) -> Result<(), Stopped> {
+        self.send(Event::Finish {
+            conn: self.conn,
+            id,
+            ticket,
+        })
     }
 
     /// Cancel this session's request `id`.

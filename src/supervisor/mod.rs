@@ -33,7 +33,7 @@ pub mod request;
 pub mod status;
 pub mod validate;
 
-pub use event::{ConnId, Lifecycle, Query, Ticket};
+pub use event::{ConnId, Lifecycle, Query, Submission, Ticket};
 pub use handle::{Admission, Full, Handle, Session, Stopped, EVENTS_IN_FLIGHT};
 pub use outbox::{CloseReason, Encode, Encoded, Outbound, Outbox, Outgoing};
 

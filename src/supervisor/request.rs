@@ -15,7 +15,10 @@
 //! through its connection's [`Outbox`].
 use super::event::ConnId;
 use super::outbox::{InFlight, Outbound, Outbox};
-use crate::protocol::{clip, ErrorCode, Input, Reply, SynthRequest, Totals, ECHO_CHARS};
+use crate::protocol::{
+    clip, ErrorCode, Input, MarkTiming, PhonemeTiming, Reply, SpeechOptions, SynthRequest, Totals,
+    WordTiming, ECHO_CHARS,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -144,6 +147,18 @@ pub struct WorkerRef {
     pub rss_bytes: u64,
 }
 
+/// A streamed text's state: `req.input` holds every piece so far (kept
+/// for a retry; `max_text_chars` bounds it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TextStream {
+    /// `FinishText` arrived.
+    pub finished: bool,
+    /// Characters received so far.
+    pub chars: usize,
+    /// How long the client has for each piece (its deadline moves).
+    pub timeout: Duration,
+}
+
 pub struct Pending {
     pub conn: ConnId,
     pub req: SynthRequest,
@@ -161,6 +176,13 @@ pub struct Pending {
     pub cancel_sent: bool,
     /// It was queued (got `Queued`), not refused on arrival.
     accepted: bool,
+    /// What version 2 added to the request.
+    pub opts: SpeechOptions,
+    /// Its text is still arriving in pieces (see [`TextStream`]).
+    pub text_stream: Option<TextStream>,
+    /// Why the daemon ended it (a cancel was sent to its worker for this):
+    /// the worker's `cancelled` is answered with this instead.
+    pub ended_because: Option<(ErrorCode, String)>,
     out: Outbox,
     /// Counts it against its connection while it lives.
     _in_flight: InFlight,
@@ -192,6 +214,9 @@ impl Pending {
             audio_sent: false,
             cancel_sent: false,
             accepted: false,
+            opts: SpeechOptions::default(),
+            text_stream: None,
+            ended_because: None,
             _in_flight: out.in_flight(),
             out,
             outcomes,
@@ -217,11 +242,32 @@ impl Pending {
         self.send(Reply::Queued { id: self.id(), position: position.min(u32::MAX as usize) as u32 });
     }
 
-    /// A chunk from the worker: sent now when streaming, kept otherwise.
+    /// A sentence's timings: sent at once (ahead of its audio).
+    pub fn timings(
+        &mut self,
+        words: Vec<WordTiming>,
+        phonemes: Vec<PhonemeTiming>,
+        marks: Vec<MarkTiming>,
+    ) {
+        self.send(Reply::Timings {
+            id: self.id(),
+            words,
+            phonemes,
+            marks,
+        });
+    }
+
+    /// A chunk from the worker: sent now when streaming (a streamed text's
+    /// sentences always go out as they are ready), kept otherwise.
     pub fn audio(&mut self, sample_rate: u32, samples: Vec<i16>) {
         self.sample_rate = sample_rate;
-        if self.req.stream {
-            self.send(Reply::Audio { id: self.id(), seq: self.seq, sample_rate, samples });
+        if self.req.stream || self.text_stream.is_some() {
+            self.send(Reply::Audio {
+                id: self.id(),
+                seq: self.seq,
+                sample_rate,
+                samples,
+            });
             self.seq += 1;
             self.audio_sent = true;
         } else {
@@ -278,6 +324,10 @@ impl Pending {
     }
 
     fn fail_in_place(&mut self, code: ErrorCode, message: String, worker: Option<WorkerRef>) {
+        let (code, message) = match self.ended_because.take() {
+            Some(why) if code == ErrorCode::Cancelled => why,
+            _ => (code, message),
+        };
         let message = clip(&message, MAX_REPLY_MESSAGE_CHARS).into_owned();
         let message = if self.retried && !message.contains("retr") {
             format!("{message} (after one retry on another worker)")

@@ -16,6 +16,7 @@ pub struct KnownVoice<'a> {
 /// The voice to use, or the error to answer with.
 pub fn check(
     req: &SynthRequest,
+    streamed_text: bool,
     default_voice: &str,
     voices: &[KnownVoice<'_>],
     max_text_chars: usize,
@@ -29,14 +30,18 @@ pub fn check(
         return Err((ErrorCode::UnknownVoice, format!("no voice '{name}' (voices: {})", names.join(", "))));
     };
     match &req.input {
+        // A streamed text's first piece may be empty.
         Input::Text(t) => {
-            if t.trim().is_empty() {
+            if t.trim().is_empty() && !streamed_text {
                 return bad("text is empty".into());
             }
             let n = t.chars().count();
             if n > max_text_chars {
                 return bad(format!("text has {n} characters, more than max_text_chars ({max_text_chars})"));
             }
+        }
+        Input::PhonemeIds(_) if streamed_text => {
+            return bad("a streamed text must start with Text, not PhonemeIds".into());
         }
         Input::PhonemeIds(ids) => {
             if ids.is_empty() {
@@ -80,8 +85,17 @@ mod tests {
 
     fn run(req: SynthRequest, fi: bool) -> Result<String, (ErrorCode, String)> {
         let i = info();
-        let voices = [KnownVoice { name: "joe", info: Some(&i) }, KnownVoice { name: "new", info: None }];
-        check(&req, "joe", &voices, 100, fi)
+        let voices = [
+            KnownVoice {
+                name: "joe",
+                info: Some(&i),
+            },
+            KnownVoice {
+                name: "new",
+                info: None,
+            },
+        ];
+        check(&req, false, "joe", &voices, 100, fi)
     }
 
     fn code(req: SynthRequest) -> ErrorCode {
@@ -117,6 +131,37 @@ mod tests {
         assert_eq!(code(SynthRequest { input: Input::PhonemeIds(vec![1, 256]), ..t("") }), ErrorCode::BadRequest);
         assert_eq!(code(SynthRequest { input: Input::PhonemeIds(vec![-1]), ..t("") }), ErrorCode::BadRequest);
         assert_eq!(code(SynthRequest { timeout_ms: Some(0), ..t("Hi") }), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn a_streamed_text_may_start_empty_but_not_with_ids() {
+        let i = info();
+        let voices = [KnownVoice {
+            name: "joe",
+            info: Some(&i),
+        }];
+        assert!(check(&SynthRequest::text(""), true, "joe", &voices, 100, false).is_ok());
+        let ids = SynthRequest {
+            input: Input::PhonemeIds(vec![1, 2]),
+            ..SynthRequest::text("")
+        };
+        assert_eq!(
+            check(&ids, true, "joe", &voices, 100, false).unwrap_err().0,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            check(
+                &SynthRequest::text("a".repeat(101)),
+                true,
+                "joe",
+                &voices,
+                100,
+                false
+            )
+            .unwrap_err()
+            .0,
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]

@@ -9,15 +9,18 @@
 pub mod alarm;
 pub mod channel;
 mod fault;
+pub mod speak;
 
 use crate::engine::memory;
 use crate::engine::thread::assert_main_thread;
 use crate::engine::{sanitize, Chunk, Engine, EngineError, Requested, SynthInput, VoiceInfo};
 use crate::protocol::worker::{FromWorker, Job, ToWorker, EXIT_CHANNEL, EXIT_LOAD_FAILED};
-use crate::protocol::{ErrorCode, Input, VoiceDesc};
+use crate::protocol::{ErrorCode, Input, TimingLevel, VoiceDesc};
 use alarm::Alarm;
 use channel::{Channel, ChannelError};
+use speak::{Speaker, Until};
 use std::cell::Cell;
+use std::cell::RefCell;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -89,7 +92,11 @@ pub fn run() -> i32 {
         }
         let wait = heartbeat.saturating_sub(last_beat.elapsed());
         match chan.recv_timeout(wait) {
-            Ok(None) | Ok(Some(ToWorker::Cancel { .. })) => {}
+            // Stale: for a job that has ended.
+            Ok(None)
+            | Ok(Some(ToWorker::Cancel { .. }))
+            | Ok(Some(ToWorker::Text { .. }))
+            | Ok(Some(ToWorker::Finish { .. })) => {}
             Ok(Some(ToWorker::Job(job))) => {
                 match run_job(&mut engine, &failed, &chan, &alarm, &job, heartbeat) {
                     Ok(JobEnd::Continue) => {}
@@ -134,9 +141,46 @@ fn run_job(
     let stop = Cell::new(false);
     let broken = Cell::new(false);
     let last_beat = Cell::new(Instant::now());
+    // A streamed text's pieces that arrived while the engine worked.
+    let arrived = RefCell::new(String::new());
+    let finished = Cell::new(job.finished || !job.text_stream);
     // The cores the supervisor gave this job (of the lanes opened at start).
     crate::engine::cpu::use_threads(job.threads as usize);
     alarm.arm(job.remaining_ms);
+    let take = |msg: ToWorker| match msg {
+        ToWorker::Cancel { job: j } if j == job.job => cancel.set(true),
+        ToWorker::Stop => stop.set(true),
+        ToWorker::Text {
+            job: j,
+            text,
+            remaining_ms,
+        } if j == job.job => {
+            arrived.borrow_mut().push_str(&text);
+            // Each piece moves the deadline (one that passed stays passed).
+            if !alarm.fired() {
+                alarm.arm(remaining_ms);
+            }
+        }
+        ToWorker::Finish {
+            job: j,
+            remaining_ms,
+        } if j == job.job => {
+            finished.set(true);
+            if !alarm.fired() {
+                alarm.arm(remaining_ms);
+            }
+        }
+        _ => {}
+    };
+    let beat = || {
+        if last_beat.get().elapsed() >= heartbeat {
+            if chan.send(&heartbeat_msg()).is_err() {
+                broken.set(true);
+                cancel.set(true);
+            }
+            last_beat.set(Instant::now());
+        }
+    };
     // Polled by the engine between sentences, chunks and model stages: reads
     // pending messages without blocking and keeps the heartbeat going.
     let cancelled = || -> bool {
@@ -145,9 +189,7 @@ fn run_job(
         }
         loop {
             match chan.try_recv() {
-                Ok(Some(ToWorker::Cancel { job: j })) if j == job.job => cancel.set(true),
-                Ok(Some(ToWorker::Stop)) => stop.set(true),
-                Ok(Some(_)) => {}
+                Ok(Some(msg)) => take(msg),
                 Ok(None) => break,
                 Err(_) => {
                     broken.set(true);
@@ -156,42 +198,123 @@ fn run_job(
                 }
             }
         }
-        if last_beat.get().elapsed() >= heartbeat {
-            if chan.send(&heartbeat_msg()).is_err() {
-                broken.set(true);
-                cancel.set(true);
-            }
-            last_beat.set(Instant::now());
-        }
+        beat();
         cancel.get()
+    };
+    // Between sentences of a streamed text: wait for the next piece.
+    let wait = || -> Result<(), EngineError> {
+        loop {
+            if cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            if !arrived.borrow().is_empty() || finished.get() {
+                return Ok(());
+            }
+            let left = heartbeat
+                .saturating_sub(last_beat.get().elapsed())
+                .min(Duration::from_millis(100));
+            match chan.recv_timeout(left) {
+                Ok(Some(msg)) => take(msg),
+                Ok(None) => {}
+                Err(_) => {
+                    broken.set(true);
+                    cancel.set(true);
+                }
+            }
+        }
     };
     let result = fault::apply(job.fault, &cancelled).and_then(|()| {
         if let Some((_, reason)) = failed.iter().find(|(name, _)| *name == job.voice) {
             return Err(EngineError::VoiceUnavailable { voice: job.voice.clone(), reason: reason.clone() });
         }
-        let input = match &job.input {
-            Input::Text(t) => SynthInput::Text(t.clone()),
-            Input::PhonemeIds(ids) => SynthInput::PhonemeIds(ids.clone()),
-        };
         let params = engine.params(&job.voice, &requested(job))?;
-        let sample_rate = engine.voice(&job.voice).map(|v| v.info().sample_rate).unwrap_or(0);
-        let mut on_chunk = |c: Chunk| -> Result<(), EngineError> {
-            let msg = FromWorker::Chunk { job: job.job, sample_rate, samples: c.samples };
-            chan.send(&msg).map_err(|e| EngineError::Output(e.to_string()))
+        let sample_rate = engine
+            .voice(&job.voice)
+            .map(|v| v.info().sample_rate)
+            .unwrap_or(0);
+        let mut send = |msg: FromWorker| {
+            chan.send(&msg)
+                .map_err(|e| EngineError::Output(e.to_string()))
         };
         assert_main_thread();
-        engine.synthesize(&job.voice, &input, &params, &cancelled, &mut on_chunk)
+        let text = match &job.input {
+            Input::PhonemeIds(ids) => {
+                let mut on_chunk = |c: Chunk| {
+                    send(FromWorker::Chunk {
+                        job: job.job,
+                        sample_rate,
+                        samples: c.samples,
+                    })
+                };
+                let input = SynthInput::PhonemeIds(ids.clone());
+                let s =
+                    engine.synthesize(&job.voice, &input, &params, &cancelled, &mut on_chunk)?;
+                return Ok((s.samples as u64, s.synth_seconds));
+            }
+            // Plain text at once, the common case: the engine as it is.
+            Input::Text(t)
+                if !job.text_stream && !job.opts.ssml && job.opts.timings == TimingLevel::None =>
+            {
+                let mut on_chunk = |c: Chunk| {
+                    send(FromWorker::Chunk {
+                        job: job.job,
+                        sample_rate,
+                        samples: c.samples,
+                    })
+                };
+                let s = engine.synthesize(
+                    &job.voice,
+                    &SynthInput::Text(t.clone()),
+                    &params,
+                    &cancelled,
+                    &mut on_chunk,
+                )?;
+                return Ok((s.samples as u64, s.synth_seconds));
+            }
+            Input::Text(t) => t,
+        };
+        let started = Instant::now();
+        let mut waited = Duration::ZERO;
+        let mut speaker = Speaker::new(
+            job.job,
+            &job.voice,
+            params,
+            sample_rate,
+            job.opts.ssml,
+            job.text_stream,
+        );
+        speaker.push(text)?;
+        loop {
+            let piece = std::mem::take(&mut *arrived.borrow_mut());
+            speaker.push(&piece)?;
+            if finished.get() && arrived.borrow().is_empty() {
+                speaker.finish_text()?;
+                speaker.speak(engine, Until::End, &cancelled, &mut send)?;
+                break;
+            }
+            speaker.speak(engine, Until::Sentence, &cancelled, &mut send)?;
+            let t = Instant::now();
+            wait()?;
+            waited += t.elapsed();
+        }
+        Ok((
+            speaker.samples(),
+            started.elapsed().saturating_sub(waited).as_secs_f64(),
+        ))
     });
     let timed_out = alarm.disarm();
     if broken.get() {
         return Err(ChannelError::Closed);
     }
     let reply = match result {
-        Ok(s) => FromWorker::JobDone {
+        Ok((samples, seconds)) => FromWorker::JobDone {
             job: job.job,
-            samples: s.samples as u64,
-            sample_rate: s.sample_rate,
-            synth_ms: (s.synth_seconds * 1000.0).round() as u64,
+            samples,
+            sample_rate: engine
+                .voice(&job.voice)
+                .map(|v| v.info().sample_rate)
+                .unwrap_or(0),
+            synth_ms: (seconds * 1000.0).round() as u64,
         },
         Err(e) => {
             let (code, message) = error_code(&e, timed_out, job.remaining_ms);
@@ -230,6 +353,7 @@ fn requested(job: &Job) -> Requested {
         seed: job.seed,
         raw: false,
         stream: job.stream,
+        timings: job.opts.timings,
     }
 }
 

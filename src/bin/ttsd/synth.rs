@@ -82,6 +82,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         seed: args.seed,
         raw: args.raw,
         stream: args.stream,
+        timings: Default::default(),
     };
     let params = engine.params("voice", &requested)?;
     let spec = hound::WavSpec { channels: 1, sample_rate: info.sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };

@@ -22,7 +22,167 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use unicode_normalization::UnicodeNormalization;
 
 use super::EngineError;
-pub use ids::phonemes_to_ids;
+pub use ids::{phonemes_to_ids, phonemes_to_ids_with_spans};
+
+/// One sentence as the phonemizer sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhSentence {
+    /// Piper's phoneme string (NFD, clause punctuation kept).
+    pub phonemes: String,
+    /// Its span of the text, in characters (up to where espeak-ng ended
+    /// its last clause, which may include the space after it).
+    pub chars: std::ops::Range<usize>,
+    /// It ended with sentence punctuation (or a paragraph), not with the
+    /// end of the text.
+    pub ended: bool,
+    /// The written words, in order, when asked for.
+    pub words: Vec<PhWord>,
+}
+
+/// A written word and its phonemes.
+///
+/// Exact where espeak-ng speaks a clause as many words as it has written
+/// ones (most text); where the counts differ (it joins some function
+/// words, "of the"; it speaks "42" or "%" as several words), each written
+/// word gets a share of the clause's phonemes in proportion to its own
+/// phonemes spoken alone: approximate inside that clause only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhWord {
+    /// Characters of the text (leading and trailing punctuation left out).
+    pub chars: std::ops::Range<usize>,
+    /// Characters of the sentence's `phonemes`.
+    pub phonemes: std::ops::Range<usize>,
+}
+
+/// A clause whose written and spoken words do not pair up one to one.
+struct Uneven {
+    sentence: usize,
+    word: usize,
+    written: Vec<std::ops::Range<usize>>,
+    said: Vec<std::ops::Range<usize>>,
+}
+
+/// The written words of `text[from..to]` (bytes) as character ranges: runs
+/// without whitespace that hold a letter or digit, less the punctuation at
+/// either end.
+fn written_words(
+    text: &str,
+    from: usize,
+    to: usize,
+    char_at: &[usize],
+) -> Vec<std::ops::Range<usize>> {
+    let Some(clause) = text.get(from..to) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut word: Option<(usize, usize)> = None;
+    let push = |w: Option<(usize, usize)>, out: &mut Vec<std::ops::Range<usize>>| {
+        if let Some((a, b)) = w {
+            let s = &clause[a..b];
+            let lead = s.len() - s.trim_start_matches(|c: char| !c.is_alphanumeric()).len();
+            let body = s.trim_matches(|c: char| !c.is_alphanumeric());
+            if !body.is_empty() {
+                let (ca, cb) = (from + a + lead, from + a + lead + body.len());
+                out.push(char_at[ca]..char_at[cb]);
+            }
+        }
+    };
+    for (i, c) in clause.char_indices() {
+        if c.is_whitespace() {
+            push(word.take(), &mut out);
+        } else {
+            let e = i + c.len_utf8();
+            word = Some(word.map_or((i, e), |(a, _)| (a, e)));
+        }
+    }
+    push(word, &mut out);
+    out
+}
+
+/// The spoken words of a clause's phonemes (split at spaces) as ranges of
+/// characters, counted from `at`.
+fn spoken_words(phonemes: &str, at: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut n = 0;
+    for c in phonemes.chars() {
+        if c == ' ' {
+            if let Some(s) = start.take() {
+                out.push(at + s..at + n);
+            }
+        } else if start.is_none() {
+            start = Some(n);
+        }
+        n += 1;
+    }
+    if let Some(s) = start {
+        out.push(at + s..at + n);
+    }
+    out
+}
+
+/// Splits the phonemes `said` (ranges, in order) among words weighted by
+/// `weights`: word i takes the phonemes between the cumulative weights'
+/// points, moved to a space between spoken words when one is within two
+/// phonemes. Every word gets at least one phoneme while there are enough.
+fn share(said: &[std::ops::Range<usize>], weights: &[usize]) -> Vec<std::ops::Range<usize>> {
+    // The clause's phonemes without the spaces, as positions.
+    let positions: Vec<usize> = said.iter().flat_map(|r| r.clone()).collect();
+    let word_starts: Vec<usize> = {
+        let mut v = Vec::new();
+        let mut k = 0;
+        for r in said {
+            v.push(k);
+            k += r.len();
+        }
+        v
+    };
+    let n = positions.len();
+    let total: usize = weights.iter().sum::<usize>().max(1);
+    let mut cuts = vec![0usize];
+    let mut acc = 0;
+    for (i, w) in weights.iter().enumerate() {
+        acc += w;
+        let mut cut = if i + 1 == weights.len() {
+            n
+        } else {
+            (n * acc + total / 2) / total
+        };
+        if i + 1 < weights.len() {
+            if let Some(&b) = word_starts
+                .iter()
+                .filter(|&&b| b.abs_diff(cut) <= 2)
+                .min_by_key(|&&b| b.abs_diff(cut))
+            {
+                cut = b;
+            }
+            let prev = *cuts.last().unwrap_or(&0);
+            let left = weights.len() - i - 1;
+            cut = cut
+                .max((prev + 1).min(n))
+                .min(n.saturating_sub(left).max(prev));
+        }
+        cuts.push(cut);
+    }
+    cuts.windows(2)
+        .map(|w| {
+            match (
+                positions.get(w[0]),
+                w[1].checked_sub(1).and_then(|e| positions.get(e)),
+            ) {
+                (Some(&a), Some(&b)) if w[1] > w[0] => a..b + 1,
+                _ => {
+                    let at = positions
+                        .get(w[0])
+                        .or(positions.last())
+                        .copied()
+                        .unwrap_or(0);
+                    at..at
+                }
+            }
+        })
+        .collect()
+}
 
 /// Set while a `Phonemizer` is alive in this process.
 static LIVE: AtomicBool = AtomicBool::new(false);
@@ -60,7 +220,27 @@ impl Phonemizer {
     }
 
     /// One phoneme string per sentence, as Piper's `phonemize_espeak` returns them.
-    pub fn phonemize(&mut self, text: &str, espeak_voice: &str) -> Result<Vec<String>, EngineError> {
+    pub fn phonemize(
+        &mut self,
+        text: &str,
+        espeak_voice: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .sentences(text, espeak_voice, false)?
+            .into_iter()
+            .map(|s| s.phonemes)
+            .collect())
+    }
+
+    /// The sentences of `text` as Piper phonemizes them, each with its
+    /// span of `text` and, with `words`, where each written word's
+    /// phonemes are (see [`PhWord`]).
+    pub fn sentences(
+        &mut self,
+        text: &str,
+        espeak_voice: &str,
+        words: bool,
+    ) -> Result<Vec<PhSentence>, EngineError> {
         let text = sanitize(text);
         if text.trim().is_empty() {
             return Err(EngineError::InvalidInput("text is empty".into()));
@@ -74,12 +254,22 @@ impl Phonemizer {
         let len = text.len();
         let offset = |p: *const c_void| -> Option<usize> { (p as usize).checked_sub(base).filter(|&o| o <= len) };
         let classify = |c: char| self.clause_type(c);
+        // Character index of every byte offset that starts a character
+        // (sanitize keeps characters one for one, so these are offsets in
+        // the caller's text too).
+        let mut char_at = vec![0usize; len + 1];
+        for (n, (b, _)) in text.char_indices().enumerate() {
+            char_at[b] = n;
+        }
+        char_at[len] = text.chars().count();
 
         let mut ptr: *const c_void = c_text.as_ptr().cast();
         // The character espeak-ng read ahead (and keeps internally) at the end of the previous clause.
         let mut carry = String::new();
-        let mut sentences: Vec<String> = Vec::new();
-        let mut current = String::new();
+        let mut sentences: Vec<PhSentence> = Vec::new();
+        let mut current = PhSentence::default();
+        // Clauses whose written and spoken word counts differ, for a second pass.
+        let mut uneven: Vec<Uneven> = Vec::new();
         let mut calls = 0usize;
         while !ptr.is_null() {
             calls += 1;
@@ -98,29 +288,107 @@ impl Phonemizer {
                 Some(end)
             };
             let (consumed, lookahead) = clause_text(&text, start, end);
+            let from = floor_char_boundary(&text, start).saturating_sub(carry.len());
+            let to = from + carry.len() + consumed.len();
             let clause_text = format!("{carry}{consumed}");
             carry = lookahead.to_string();
             let end = clause_end(&clause_text, &classify);
 
-            let mut piece = strip_language_flags(phonemes.as_deref().unwrap_or(""));
-            piece.push_str(end.terminator);
-            if matches!(end.terminator, "," | ":" | ";") {
-                piece.push(' ');
+            let spoken: String = strip_language_flags(phonemes.as_deref().unwrap_or(""))
+                .nfd()
+                .collect();
+            let at = current.phonemes.chars().count();
+            if current.phonemes.is_empty() && current.chars.is_empty() {
+                current.chars = char_at[from]..char_at[from];
             }
-            current.extend(piece.nfd());
+            current.chars.end = char_at[to.min(len)];
+            if words {
+                let written = written_words(&text, from, to.min(len), &char_at);
+                let said = spoken_words(&spoken, at);
+                if written.len() == said.len() {
+                    current.words.extend(
+                        written
+                            .into_iter()
+                            .zip(said)
+                            .map(|(chars, phonemes)| PhWord { chars, phonemes }),
+                    );
+                } else if !written.is_empty() && !said.is_empty() {
+                    uneven.push(Uneven {
+                        sentence: sentences.len(),
+                        word: current.words.len(),
+                        written,
+                        said,
+                    });
+                    // Filled in by the second pass.
+                }
+            }
+            current.phonemes.push_str(&spoken);
+            current.phonemes.push_str(end.terminator);
+            if matches!(end.terminator, "," | ":" | ";") {
+                current.phonemes.push(' ');
+            }
             if end.sentence_end {
+                current.ended = true;
                 sentences.push(std::mem::take(&mut current));
             }
         }
-        if !current.is_empty() {
+        if !current.phonemes.is_empty() {
             sentences.push(current);
         }
-        sentences.retain(|s| !s.is_empty());
-        let speakable = |s: &String| s.chars().any(|c| !c.is_whitespace() && !".,;:?!".contains(c));
+        // Word counts that differ (espeak-ng joins some short words, and
+        // speaks numbers and symbols as several): each written word gets a
+        // share of the clause's phonemes as long as its own phonemes alone.
+        for u in uneven.into_iter().rev() {
+            let weights: Vec<usize> = u
+                .written
+                .iter()
+                .map(|r| {
+                    let word: String = text.chars().skip(r.start).take(r.len()).collect();
+                    self.word_length(&word).max(1)
+                })
+                .collect();
+            let shared = share(&u.said, &weights);
+            if let Some(s) = sentences.get_mut(u.sentence) {
+                let at = u.word.min(s.words.len());
+                let new = u
+                    .written
+                    .into_iter()
+                    .zip(shared)
+                    .map(|(chars, phonemes)| PhWord { chars, phonemes });
+                s.words.splice(at..at, new);
+            }
+        }
+        sentences.retain(|s| !s.phonemes.is_empty());
+        let speakable = |s: &PhSentence| {
+            s.phonemes
+                .chars()
+                .any(|c| !c.is_whitespace() && !".,;:?!".contains(c))
+        };
         if !sentences.iter().any(speakable) {
             return Err(EngineError::InvalidInput("text has nothing espeak-ng can speak".into()));
         }
         Ok(sentences)
+    }
+
+    /// How many phonemes espeak-ng gives `word` on its own.
+    fn word_length(&mut self, word: &str) -> usize {
+        let Ok(c) = CString::new(word) else { return 0 };
+        self.reset_reader();
+        let mut p: *const c_void = c.as_ptr().cast();
+        let mut n = 0;
+        for _ in 0..=word.len() + 1 {
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: `p` points into `c`, alive for the loop; single espeak-ng user.
+            let ph = unsafe { self.espeak.text_to_phonemes(&mut p) };
+            n += strip_language_flags(ph.as_deref().unwrap_or(""))
+                .nfd()
+                .filter(|c| *c != ' ')
+                .count();
+        }
+        self.reset_reader();
+        n
     }
 
     fn set_voice(&mut self, name: &str) -> Result<(), EngineError> {
