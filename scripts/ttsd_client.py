@@ -1,13 +1,28 @@
 #!/usr/bin/env python3
 """A ttsd client in Python's standard library only: a worked example of the
-protocol in PROTOCOL.md (framing, the bincode encoding, the handshake).
+protocol in PROTOCOL.md (framing, the bincode encoding, the handshake), at
+protocol version 2 (streamed text in, word timings and SSML marks out).
 
 Usage:
     python3 scripts/ttsd_client.py [--socket PATH] say "Hello" out.wav
         [--voice NAME] [--speaker N] [--seed N] [--timeout-ms N]
+        [--length-scale X] [--noise-scale X] [--noise-w X]
+        [--ssml] [--timings FILE [--phonemes]]
+    some-llm | python3 scripts/ttsd_client.py say --follow - out.wav [...]
     python3 scripts/ttsd_client.py [--socket PATH] status      # JSON
     python3 scripts/ttsd_client.py [--socket PATH] health
     (any of them: [--allow-server-uid UID]...)
+
+say --ssml: the text is SSML (<mark name=.../>, <break time=.../>).
+say --timings FILE: JSON lines, one per word {"word", "text_start",
+"text_end" (character offsets in the text as sent), "start", "end" (seconds),
+"start_sample", "end_sample"} and one per SSML mark {"mark", "time",
+"sample"}, in the order they are spoken; --phonemes adds one per phoneme
+{"phoneme", "start", "end", "start_sample", "end_sample"}. Written like the
+WAV: only once the request has succeeded.
+say --follow -: the text is read from standard input as it arrives and each
+piece is sent at once (AppendText), so that sentences are spoken while the
+rest is still being written; end of input finishes the request.
 
 The socket is --socket, else $TTSD_SOCKET, else $XDG_RUNTIME_DIR/ttsd.sock,
 else /tmp/ttsd-$UID/ttsd.sock. Exit codes: 0 ok, 1 request failed (health:
@@ -18,9 +33,9 @@ Who is trusted, as ttsctl does: on the default path its directory must be a
 real directory of your own that nobody else can write to, and the server
 (asked with SO_PEERCRED) must run as your own uid; on a path you name, as your
 uid or root. --allow-server-uid UID (or TTSD_ALLOW_SERVER_UID=UID,...) trusts
-another uid. say writes the WAV to a temporary file beside the output and
-renames it into place only once the request has succeeded, so a failure
-leaves an existing file as it was.
+another uid. say writes the WAV (and the timings) to a temporary file beside
+the output and renames it into place only once the request has succeeded, so
+a failure leaves an existing file as it was.
 
 Wire format: every frame is a u32 little-endian payload length, then the
 payload in bincode 2's serde encoding with little-endian fixed-width
@@ -29,17 +44,24 @@ Vec = u64 count + items; Option = u8 0/1 + value; bool = u8; f32/f64 IEEE LE;
 structs and tuples = their fields in order.
 """
 import argparse
+import codecs
 import json
 import os
 import secrets
+import select
 import socket
 import stat
 import struct
 import sys
 import wave
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_FRAME = 64 * 1024 * 1024
+# --follow reads standard input in pieces of at most this many bytes: far
+# below the daemon's max_frame_bytes (default 1 MiB), and small enough that
+# one AppendText always fits in the socket's buffer, so sending it never
+# blocks for long while replies wait to be read.
+FOLLOW_PIECE_BYTES = 16 * 1024
 
 ERROR_CODES = [
     "bad_request", "unknown_voice", "overloaded", "timeout", "cancelled",
@@ -50,12 +72,15 @@ ERROR_CODES = [
 HEALTH_STATES = ["ready", "degraded", "starting", "stopping"]
 WORKER_STATES = ["starting", "idle", "busy", "stopping"]
 VOICE_STATES = ["pending", "loaded", "failed"]
+# SpeechOptions.timings (TimingLevel), by wire index.
+TIMING_LEVELS = ["none", "words", "phonemes"]
 
-# Request variant indexes.
-REQ_HELLO, REQ_SYNTHESIZE, REQ_CANCEL, REQ_STATUS, REQ_HEALTH, REQ_VOICES = range(6)
-# Reply variant indexes.
+# Request variant indexes (6-9: version 2).
+(REQ_HELLO, REQ_SYNTHESIZE, REQ_CANCEL, REQ_STATUS, REQ_HEALTH, REQ_VOICES,
+ REQ_SYNTHESIZE_WITH, REQ_OPEN_TEXT, REQ_APPEND_TEXT, REQ_FINISH_TEXT) = range(10)
+# Reply variant indexes (8: version 2).
 (REP_HELLO_OK, REP_QUEUED, REP_AUDIO, REP_DONE, REP_ERROR, REP_STATUS,
- REP_HEALTH, REP_VOICES) = range(8)
+ REP_HEALTH, REP_VOICES, REP_TIMINGS) = range(9)
 
 
 class TtsdError(Exception):
@@ -83,20 +108,67 @@ def string(s):
 def option(v, enc): return u8(0) if v is None else u8(1) + enc(v)
 
 
-def hello(client="ttsd_client.py"):
-    return u32(REQ_HELLO) + u32(PROTOCOL_VERSION) + string(client)
+def hello(client="ttsd_client.py", version=PROTOCOL_VERSION):
+    return u32(REQ_HELLO) + u32(version) + string(client)
 
 
-def synthesize(req_id, text, voice=None, speaker=None, length_scale=None,
-               noise_scale=None, noise_w=None, seed=None, timeout_ms=None,
-               stream=True):
-    return (u32(REQ_SYNTHESIZE) + u64(req_id)
+def synth_request(req_id, text, voice=None, speaker=None, length_scale=None,
+                  noise_scale=None, noise_w=None, seed=None, timeout_ms=None,
+                  stream=True):
+    """A SynthRequest struct (no variant tag) for Input::Text(text)."""
+    return (u64(req_id)
             + u32(0) + string(text)          # Input::Text
             + option(voice, string) + option(speaker, u32)
             + option(length_scale, f32) + option(noise_scale, f32)
             + option(noise_w, f32) + option(seed, u64)
             + option(timeout_ms, u64) + u8(1 if stream else 0)
             + u8(0))                          # fault: None
+
+
+def synthesize(req_id, text, **opts):
+    """Request::Synthesize (version 1 and 2); opts as synth_request's."""
+    return u32(REQ_SYNTHESIZE) + synth_request(req_id, text, **opts)
+
+
+def timing_level(timings):
+    """A TimingLevel index from a name ("none", "words", "phonemes"), an
+    index, or None (none)."""
+    if timings is None:
+        return 0
+    if isinstance(timings, int) and 0 <= timings < len(TIMING_LEVELS):
+        return timings
+    if timings in TIMING_LEVELS:
+        return TIMING_LEVELS.index(timings)
+    raise ValueError(f"timings must be one of {', '.join(TIMING_LEVELS)}, "
+                     f"not {timings!r}")
+
+
+def speech_options(timings=None, ssml=False):
+    """SpeechOptions (version 2): timings (TimingLevel), ssml (bool)."""
+    return u32(timing_level(timings)) + u8(1 if ssml else 0)
+
+
+def synthesize_with(req_id, text, timings=None, ssml=False, **opts):
+    """Request::SynthesizeWith (version 2): a SynthRequest and SpeechOptions."""
+    return (u32(REQ_SYNTHESIZE_WITH) + synth_request(req_id, text, **opts)
+            + speech_options(timings, ssml))
+
+
+def open_text(req_id, text="", timings=None, ssml=False, **opts):
+    """Request::OpenText (version 2): opens a streamed text whose first
+    piece is `text` (may be empty); more with append_text, then finish_text."""
+    return (u32(REQ_OPEN_TEXT) + synth_request(req_id, text, **opts)
+            + speech_options(timings, ssml))
+
+
+def append_text(req_id, text):
+    """Request::AppendText (version 2): the next piece, of any size."""
+    return u32(REQ_APPEND_TEXT) + u64(req_id) + string(text)
+
+
+def finish_text(req_id):
+    """Request::FinishText (version 2): no more pieces."""
+    return u32(REQ_FINISH_TEXT) + u64(req_id)
 
 
 # --- decoding -------------------------------------------------------------
@@ -158,6 +230,19 @@ def status_reply(r):
     return s
 
 
+def word_timing(r):
+    return {"text_start": r.u32(), "text_end": r.u32(), "word": r.string(),
+            "start": r.u64(), "end": r.u64()}
+
+
+def phoneme_timing(r):
+    return {"phoneme": r.string(), "start": r.u64(), "end": r.u64()}
+
+
+def mark_timing(r):
+    return {"name": r.string(), "sample": r.u64()}
+
+
 def decode_reply(payload):
     r = Reader(payload)
     tag = r.u32()
@@ -185,6 +270,11 @@ def decode_reply(payload):
     elif tag == REP_VOICES:
         out = {"type": "voices", "default_voice": r.string(),
                "voices": r.vec(lambda: voice_status(r))}
+    elif tag == REP_TIMINGS:
+        out = {"type": "timings", "id": r.u64(),
+               "words": r.vec(lambda: word_timing(r)),
+               "phonemes": r.vec(lambda: phoneme_timing(r)),
+               "marks": r.vec(lambda: mark_timing(r))}
     else:
         raise ValueError(f"unknown reply tag {tag}")
     if r.pos != len(payload):
@@ -258,9 +348,10 @@ def check_default_dir(path, follow):
 
 
 class Connection:
-    def __init__(self, path, timeout=60.0, trust=None):
+    def __init__(self, path, timeout=60.0, trust=None, version=PROTOCOL_VERSION):
         """Connect to `path`, check the server's uid against `trust`
-        (default: a named path's, our uid or root), do the handshake."""
+        (default: a named path's, our uid or root), do the handshake in
+        protocol `version` (1 allows only version 1 requests)."""
         trust = trust or Trust()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -271,12 +362,22 @@ class Connection:
             raise Refused(f"it is served by uid {uid}, and {trust.describe()} "
                           f"(if you trust uid {uid}, pass --allow-server-uid "
                           f"{uid} or set TTSD_ALLOW_SERVER_UID={uid})")
-        self.send(hello())
+        self.send(hello(version=version))
         r = self.recv()
         if r["type"] == "error":
+            if r["code"] == "unsupported_version":
+                raise TtsdError(r["code"], f"{r['message']} (this client speaks "
+                                f"protocol version {version}: the daemon is "
+                                "probably older)")
             raise TtsdError(r["code"], r["message"])
         if r["type"] != "hello_ok":
             raise ValueError(f"unexpected handshake reply {r['type']}")
+        # HelloOk is in the version we asked for; anything else is not ttsd
+        # speaking our encoding, and every later frame would be misread.
+        if r["version"] != version:
+            raise ValueError(f"ttsd answered the handshake for protocol version "
+                             f"{r['version']}, not {version}")
+        self.version = version
         self.server = r["server"]
         self.next_id = 1
 
@@ -308,21 +409,78 @@ class Connection:
             if r["type"] == want:
                 return r
 
-    def say(self, text, on_audio, **opts):
-        """Synthesize; on_audio(sample_rate, pcm_bytes) per chunk; returns Done."""
+    def _new_id(self):
         req_id = self.next_id
         self.next_id += 1
-        self.send(synthesize(req_id, text, **opts))
+        return req_id
+
+    def _step(self, req_id, on_audio, on_timings):
+        """Read one reply and hand it on: returns Done when request `req_id`
+        has succeeded, raises TtsdError for its Error (or one about the
+        connection), else None."""
+        r = self.recv()
+        if r.get("id") not in (req_id, None):
+            return None
+        if r["type"] == "audio":
+            on_audio(r["sample_rate"], r["pcm"])
+        elif r["type"] == "timings":
+            if on_timings is not None:
+                on_timings(r)
+        elif r["type"] == "done":
+            return r
+        elif r["type"] == "error":
+            raise TtsdError(r["code"], r["message"])
+        return None
+
+    def _until_done(self, req_id, on_audio, on_timings):
         while True:
-            r = self.recv()
-            if r.get("id") not in (req_id, None):
+            done = self._step(req_id, on_audio, on_timings)
+            if done is not None:
+                return done
+
+    def say(self, text, on_audio, on_timings=None, timings=None, ssml=False,
+            **opts):
+        """Synthesize; on_audio(sample_rate, pcm_bytes) per chunk,
+        on_timings(timings_reply) per sentence (with timings "words" or
+        "phonemes", or SSML marks); returns Done. Without timings or ssml
+        this is a version 1 Synthesize."""
+        req_id = self._new_id()
+        if timing_level(timings) == 0 and not ssml:
+            self.send(synthesize(req_id, text, **opts))
+        else:
+            self.send(synthesize_with(req_id, text, timings, ssml, **opts))
+        return self._until_done(req_id, on_audio, on_timings)
+
+    def follow(self, fd, on_audio, on_timings=None, timings=None, ssml=False,
+               **opts):
+        """Like say, but the text is read from file descriptor `fd` as it
+        arrives, until end of file: each piece os.read returns is sent as it
+        is (AppendText; a character cut between two reads waits for its
+        rest), so the daemon speaks each sentence as soon as it is complete.
+        Replies are read while waiting for input: a daemon whose replies
+        go unread stops reading, and closes a connection it cannot write to."""
+        req_id = self._new_id()
+        self.send(open_text(req_id, "", timings, ssml, **opts))
+        utf8 = codecs.getincrementaldecoder("utf-8")()
+        while True:
+            # select, not epoll: fd may be a regular file (always readable).
+            ready, _, _ = select.select([self.sock, fd], [], [])
+            if self.sock in ready:
+                # Only an Error (raised) should end it before FinishText.
+                done = self._step(req_id, on_audio, on_timings)
+                if done is not None:
+                    return done
                 continue
-            if r["type"] == "audio":
-                on_audio(r["sample_rate"], r["pcm"])
-            elif r["type"] == "done":
-                return r
-            elif r["type"] == "error":
-                raise TtsdError(r["code"], r["message"])
+            chunk = os.read(fd, FOLLOW_PIECE_BYTES)
+            try:
+                piece = utf8.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"the input is not UTF-8 text ({e})") from None
+            if piece:
+                self.send(append_text(req_id, piece))
+            if not chunk:
+                self.send(finish_text(req_id))
+                return self._until_done(req_id, on_audio, on_timings)
 
     def close(self):
         self.sock.close()
@@ -347,13 +505,14 @@ def default_socket():
     return socket_target()[0]
 
 
-def connect(explicit=None, allowed=(), timeout=60.0):
+def connect(explicit=None, allowed=(), timeout=60.0, version=PROTOCOL_VERSION):
     """Connect as ttsctl does: check the default path's directory, then the
     server's uid. Raises Refused before sending anything."""
     path, default_dir, follow = socket_target(explicit)
     if default_dir is not None:
         check_default_dir(default_dir, follow)
-    return Connection(path, timeout, Trust(default_dir is not None, allowed))
+    return Connection(path, timeout, Trust(default_dir is not None, allowed),
+                      version)
 
 
 class Output:
@@ -419,10 +578,37 @@ class Output:
             self.temp = None
 
 
-def say_to_wav(conn, text, path, **opts):
+def timing_lines(replies, rate):
+    """The JSON lines of --timings for a request's Timings replies: per
+    word, mark and phoneme, in the order spoken (a mark before the word it
+    falls on), with times in seconds at `rate` and in samples."""
+    secs = lambda n: round(n / rate, 6)
+    for t in replies:
+        items = ([(m["sample"], 0, {"mark": m["name"], "time": secs(m["sample"]),
+                                    "sample": m["sample"]}) for m in t["marks"]]
+                 + [(w["start"], 1, {"word": w["word"], "text_start": w["text_start"],
+                                     "text_end": w["text_end"], "start": secs(w["start"]),
+                                     "end": secs(w["end"]), "start_sample": w["start"],
+                                     "end_sample": w["end"]}) for w in t["words"]]
+                 + [(p["start"], 2, {"phoneme": p["phoneme"], "start": secs(p["start"]),
+                                     "end": secs(p["end"]), "start_sample": p["start"],
+                                     "end_sample": p["end"]}) for p in t["phonemes"]])
+        items.sort(key=lambda i: i[:2])   # stable: words keep their order
+        for _, _, line in items:
+            yield json.dumps(line, ensure_ascii=False)
+
+
+def say_to_wav(conn, text, path, timings_path=None, follow=None, **opts):
     """Write the speech for text to a mono 16-bit WAV file; returns Done.
-    An existing file at `path` is replaced only once all the audio is in."""
-    out = {"wav": None, "file": None}
+    An existing file at `path` is replaced only once all the audio is in.
+    timings_path: also write the word timings (and marks; with
+    timings="phonemes" the phonemes) there as JSON lines, the same way.
+    follow: a file descriptor to read the text from as it arrives (Connection.
+    follow) instead of `text`. opts: SynthRequest fields, timings, ssml."""
+    if timings_path is not None and timing_level(opts.get("timings")) == 0:
+        opts["timings"] = "words"
+    out = {"wav": None, "file": None, "rate": None}
+    timings = []
 
     def on_audio(rate, pcm):
         if out["wav"] is None:
@@ -431,17 +617,35 @@ def say_to_wav(conn, text, path, **opts):
             out["wav"].setnchannels(1)
             out["wav"].setsampwidth(2)
             out["wav"].setframerate(rate)
+            out["rate"] = rate
+        elif rate != out["rate"]:
+            raise ValueError(f"the sample rate changed from {out['rate']} to "
+                             f"{rate} within one reply")
         out["wav"].writeframes(pcm)   # wave writes s16 little endian as is
 
+    tfile = None
     try:
-        done = conn.say(text, on_audio, **opts)
+        if follow is not None:
+            done = conn.follow(follow, on_audio, timings.append, **opts)
+        else:
+            done = conn.say(text, on_audio, timings.append, **opts)
         if out["wav"] is None:
             raise TtsdError("internal", "no audio received")
+        if timings_path is not None:
+            # Timings come before their audio, so seconds only once the
+            # sample rate is known: they are written at the end.
+            tfile = Output(timings_path)
+            for line in timing_lines(timings, out["rate"]):
+                tfile.file.write(line.encode("utf-8") + b"\n")
         out["wav"].close()
         out["file"].commit()
+        if tfile is not None:
+            tfile.commit()
     except BaseException:
         if out["file"] is not None:
             out["file"].discard()
+        if tfile is not None:
+            tfile.discard()
         raise
     return done
 
@@ -453,16 +657,36 @@ def main(argv=None):
                    metavar="UID", help="also trust a ttsd running as UID")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("say", help="speak TEXT into a WAV file")
-    s.add_argument("text")
+    s.add_argument("text", help="what to say; - with --follow: standard input")
     s.add_argument("output")
     s.add_argument("--voice")
     s.add_argument("--speaker", type=int)
     s.add_argument("--seed", type=int)
-    s.add_argument("--timeout-ms", type=int)
+    s.add_argument("--timeout-ms", type=int,
+                   help="deadline; with --follow, for each piece of input")
+    s.add_argument("--length-scale", type=float, metavar="X",
+                   help="speaking rate (> 1: slower); default: the voice's")
+    s.add_argument("--noise-scale", type=float, metavar="X",
+                   help="voice variation (0: none); default: the voice's")
+    s.add_argument("--noise-w", type=float, metavar="X",
+                   help="timing variation (0: none); default: the voice's")
+    s.add_argument("--ssml", action="store_true", help="TEXT is SSML")
+    s.add_argument("--timings", metavar="FILE",
+                   help="write word (and SSML mark) timings to FILE as JSON lines")
+    s.add_argument("--phonemes", action="store_true",
+                   help="with --timings: every phoneme's timing too")
+    s.add_argument("--follow", action="store_true",
+                   help="read the text from standard input as it is written "
+                        "(TEXT must be -) and speak each sentence as it is complete")
     sub.add_parser("status", help="print the daemon's status as JSON")
     sub.add_parser("health", help="exit 0 if ready, 1 if not, 2 if unreachable")
     try:
         args = p.parse_args(argv)
+        if args.cmd == "say" and args.follow and args.text != "-":
+            s.error("say --follow reads the text from standard input: "
+                    "give - as TEXT")
+        if args.cmd == "say" and args.phonemes and not args.timings:
+            s.error("say --phonemes goes with --timings FILE")
     except SystemExit as e:
         return 0 if e.code == 0 else 64
     path = socket_target(args.socket)[0]
@@ -490,12 +714,26 @@ def main(argv=None):
     except TtsdError as e:
         print(f"ttsd_client: handshake refused: {e}", file=sys.stderr)
         return 2
+    except (OSError, ValueError) as e:
+        # Closed or garbled during the handshake: not a ttsd we can talk to.
+        print(f"ttsd_client: handshake with {path} failed: {e}", file=sys.stderr)
+        return 2
     try:
         if args.cmd == "say":
             opts = {k: v for k, v in [("voice", args.voice), ("speaker", args.speaker),
-                                      ("seed", args.seed), ("timeout_ms", args.timeout_ms)]
+                                      ("seed", args.seed), ("timeout_ms", args.timeout_ms),
+                                      ("length_scale", args.length_scale),
+                                      ("noise_scale", args.noise_scale),
+                                      ("noise_w", args.noise_w)]
                     if v is not None}
-            done = say_to_wav(conn, args.text, args.output, **opts)
+            if args.ssml:
+                opts["ssml"] = True
+            if args.timings:
+                opts["timings"] = "phonemes" if args.phonemes else "words"
+            done = say_to_wav(conn, None if args.follow else args.text, args.output,
+                              timings_path=args.timings,
+                              follow=sys.stdin.fileno() if args.follow else None,
+                              **opts)
             print(f"{args.output}: {done['audio_seconds']:.2f} s of audio "
                   f"(worker {done['worker_pid']})", file=sys.stderr)
         elif args.cmd == "status":

@@ -510,3 +510,162 @@ mod docs {
         assert!(b[4].is_none() && b[7].is_none(), "elided blocks are recognised");
     }
 }
+
+/// `say --follow`, `--timings`, `--subtitles` and `--ssml` (protocol version 2).
+mod follow_and_timings {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    const PARAGRAPH: &str = "The first sentence is here. A second one follows it, with a comma. And the third ends the paragraph.";
+
+    fn python() -> String {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin/python").display().to_string()
+    }
+
+    #[test]
+    fn follow_speaks_the_first_sentence_while_the_writer_is_still_writing() {
+        let d = daemon();
+        let mut child = ttsctl(&d.socket)
+            .args(["say", "--follow", "--raw", "-o", "-", "--noise-scale", "0", "--noise-w", "0", "--seed", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        // A sentence and the start of the next, cut inside a word.
+        stdin.write_all(b"The first sentence is complete. And the sec").unwrap();
+        stdin.flush().unwrap();
+        let mut first = [0u8; 4096];
+        let n = stdout.read(&mut first).unwrap();
+        assert!(n > 0, "audio arrived while stdin was still open");
+        // Only now the rest, cut inside a multi-byte character.
+        let rest = "ond one ends here, café.".as_bytes();
+        let cut = rest.len() - 2;
+        stdin.write_all(&rest[..cut]).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        stdin.write_all(&rest[cut..]).unwrap();
+        drop(stdin);
+        let mut audio = first[..n].to_vec();
+        stdout.read_to_end(&mut audio).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // The same text said at once gives the same audio.
+        let once = ttsctl(&d.socket)
+            .args(["say", "--raw", "-o", "-", "--noise-scale", "0", "--noise-w", "0", "--seed", "1"])
+            .arg("The first sentence is complete. And the second one ends here, café.")
+            .output()
+            .unwrap();
+        check(&once, 0);
+        assert_eq!(audio.len(), once.stdout.len(), "followed and whole differ in length");
+        assert!(audio == once.stdout, "followed and whole audio differ");
+    }
+
+    #[test]
+    fn follow_wants_stdin_not_a_text_argument() {
+        let d = daemon();
+        let out = ttsctl(&d.socket).args(["say", "--follow", "Hello", "-o", "-"]).output().unwrap();
+        check(&out, 64);
+        assert!(text(&out.stderr).contains("--follow reads the text from stdin"), "{}", text(&out.stderr));
+    }
+
+    #[test]
+    fn timings_are_json_lines_of_the_words_inside_the_audio() {
+        let d = daemon();
+        let rate = voice_rate(&d);
+        let wav = d.dir.path().join("t.wav");
+        let jsonl = d.dir.path().join("t.jsonl");
+        let out = ttsctl(&d.socket).args(["say", PARAGRAPH, "-o"]).arg(&wav).arg("--timings").arg(&jsonl).output().unwrap();
+        check(&out, 0);
+        let samples = assert_speech(&wav, rate);
+        let seconds = samples as f64 / rate as f64;
+        let lines: Vec<serde_json::Value> = BufReader::new(std::fs::File::open(&jsonl).unwrap())
+            .lines()
+            .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+            .collect();
+        let words: Vec<&str> = lines.iter().filter_map(|l| l["word"].as_str()).collect();
+        let expected: Vec<&str> = PARAGRAPH.split_whitespace().map(|w| w.trim_matches(|c: char| !c.is_alphanumeric())).collect();
+        assert_eq!(words, expected);
+        let mut last = 0.0;
+        for l in &lines {
+            let (s, e) = (l["start"].as_f64().unwrap(), l["end"].as_f64().unwrap());
+            assert!(s >= last && s < e && e <= seconds + 1e-6, "{l}");
+            last = e;
+            let (a, b) = (l["text_start"].as_u64().unwrap() as usize, l["text_end"].as_u64().unwrap() as usize);
+            assert_eq!(&PARAGRAPH[a..b], l["word"].as_str().unwrap(), "ASCII text: char offsets are byte offsets");
+        }
+    }
+
+    #[test]
+    fn subtitles_are_read_by_third_party_parsers() {
+        let d = daemon();
+        for (name, check_py) in [
+            ("s.srt", "import srt,sys; c=list(srt.parse(open(sys.argv[1]).read())); assert c, 'no cues'; print(len(c), c[-1].end.total_seconds())"),
+            ("s.vtt", "import webvtt,sys; c=list(webvtt.read(sys.argv[1])); assert c, 'no cues'; print(len(c), c[-1].end_in_seconds)"),
+        ] {
+            let subs = d.dir.path().join(name);
+            let wav = d.dir.path().join("s.wav");
+            let out = ttsctl(&d.socket).args(["say", PARAGRAPH, "-o"]).arg(&wav).arg("--subtitles").arg(&subs).output().unwrap();
+            check(&out, 0);
+            let parsed = Command::new(python()).args(["-c", check_py]).arg(&subs).output().unwrap();
+            assert!(parsed.status.success(), "{name} did not parse: {}\n{}", text(&parsed.stderr), std::fs::read_to_string(&subs).unwrap());
+            let said = text(&parsed.stdout);
+            let mut it = said.split_whitespace();
+            let cues: usize = it.next().unwrap().parse().unwrap();
+            let end: f64 = it.next().unwrap().parse().unwrap();
+            assert!(cues >= 3, "{name}: {cues} cues for three sentences");
+            let (_, _, rate, samples) = read_wav(&wav);
+            assert!(end <= samples.len() as f64 / rate as f64 + 0.001, "{name}: a cue ends after the audio");
+        }
+        let out = ttsctl(&d.socket).args(["say", "Hi", "-o", "-", "--subtitles", "x.txt"]).output().unwrap();
+        check(&out, 64);
+        assert!(text(&out.stderr).contains(".srt"), "{}", text(&out.stderr));
+    }
+
+    #[test]
+    fn a_failed_request_leaves_existing_timings_and_subtitles_files_alone() {
+        let d = daemon();
+        let jsonl = d.dir.path().join("keep.jsonl");
+        let srt = d.dir.path().join("keep.srt");
+        std::fs::write(&jsonl, "precious").unwrap();
+        std::fs::write(&srt, "precious").unwrap();
+        let out = ttsctl(&d.socket)
+            .args(["say", "Hello", "-o", "-", "--voice", "nobody"])
+            .arg("--timings")
+            .arg(&jsonl)
+            .arg("--subtitles")
+            .arg(&srt)
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        check(&out, 1);
+        assert_eq!(std::fs::read_to_string(&jsonl).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&srt).unwrap(), "precious");
+    }
+
+    #[test]
+    fn ssml_marks_go_to_the_timings_file() {
+        let d = daemon();
+        let jsonl = d.dir.path().join("m.jsonl");
+        let out = ttsctl(&d.socket)
+            .args(["say", "--ssml", "<speak>Hello <mark name=\"here\"/>world.<break time=\"200ms\"/></speak>", "-o", "-"])
+            .arg("--timings")
+            .arg(&jsonl)
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        check(&out, 0);
+        let body = std::fs::read_to_string(&jsonl).unwrap();
+        let marks: Vec<serde_json::Value> =
+            body.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("mark").is_some()).collect();
+        assert_eq!(marks.len(), 1, "{body}");
+        assert_eq!(marks[0]["mark"], "here");
+        let world = body.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["word"] == "world").unwrap();
+        assert_eq!(marks[0]["sample"], world["start_sample"], "the mark falls where 'world' starts");
+        let bad = ttsctl(&d.socket).args(["say", "--ssml", "<speak>Broken</p>", "-o", "-"]).stdout(Stdio::null()).output().unwrap();
+        check(&bad, 1);
+        assert!(text(&bad.stderr).contains("SSML"), "{}", text(&bad.stderr));
+    }
+}

@@ -80,13 +80,19 @@ fn json(v: &impl serde::Serialize) -> String {
 fn run(command: Command, target: &Target) -> u8 {
     match command {
         Command::Say(args) => {
-            let stdin = io::stdin();
-            let stdio = Stdio {
-                stdin_is_terminal: stdin.is_terminal(),
-                stdout_is_terminal: io::stdout().is_terminal(),
-                stdin: &mut stdin.lock(),
+            // The lock on stdin ends with the plan: `--follow` reads stdin
+            // from a thread of its own later.
+            let planned = {
+                let stdin = io::stdin();
+                let mut lock = stdin.lock();
+                let stdio = Stdio {
+                    stdin_is_terminal: stdin.is_terminal(),
+                    stdout_is_terminal: io::stdout().is_terminal(),
+                    stdin: &mut lock,
+                };
+                args.plan(stdio)
             };
-            let plan = match args.plan(stdio) {
+            let plan = match planned {
                 Ok(p) => p,
                 Err(e) => return fail(EXIT_USAGE, e),
             };

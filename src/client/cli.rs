@@ -3,7 +3,8 @@
 //!
 //! Owns argument syntax and meaning only. It never talks to the daemon and
 //! never writes audio; `src/bin/ttsctl.rs` glues this to the client.
-use crate::protocol::{Input, SynthRequest};
+use super::subtitles;
+use crate::protocol::{Input, SpeechOptions, SynthRequest, TimingLevel};
 use clap::{Args, Parser, Subcommand};
 use std::io::Read;
 use std::path::PathBuf;
@@ -47,11 +48,20 @@ written as it is synthesized, so `ttsctl say - -o - < chapter.txt | aplay` start
 playing after the first sentence. A closed pipe (`| head -c 100`) ends ttsctl
 quietly with exit 0.
 
+--follow reads stdin as it arrives and speaks each sentence once it is
+complete, while the writer is still writing: `some-llm | ttsctl say --follow
+--play`. --timings FILE writes a JSON line per word ({\"word\", \"start\",
+\"end\"} in seconds, character offsets in the text) and per SSML mark;
+--subtitles FILE.srt or FILE.vtt writes cues of a few words. Like -o, both
+appear only once the request has succeeded.
+
 Examples:
   ttsctl say \"Hello world\" -o hello.wav
   echo \"Hello\" | ttsctl say - -o - > hello.wav
   ttsctl say --raw \"Hello\" | aplay -t raw -f S16_LE -c 1 -r 22050
   ttsctl say --play --seed 7 \"Reproducible speech\"
+  ttsctl say --ssml '<speak>Wait <break time=\"1s\"/> now.</speak>' -o out.wav
+  ttsctl say \"A paragraph.\" -o talk.wav --subtitles talk.srt --timings talk.jsonl
 
 Exit codes:
   0   the audio was written (or the reader closed the pipe)
@@ -146,6 +156,22 @@ pub struct SayArgs {
     /// No summary line on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Read the text from stdin as it is written (a pipe from a program that
+    /// writes slowly) and speak each sentence as soon as it is complete.
+    #[arg(long, conflicts_with = "phoneme_ids")]
+    pub follow: bool,
+    /// The text is SSML: <mark name=".."/> and <break time=".."/> are honoured.
+    #[arg(long, conflicts_with = "phoneme_ids")]
+    pub ssml: bool,
+    /// Write word timings (and SSML marks) to FILE, as JSON lines.
+    #[arg(long, value_name = "FILE", conflicts_with = "phoneme_ids")]
+    pub timings: Option<PathBuf>,
+    /// With --timings: every phoneme's timing too.
+    #[arg(long, requires = "timings")]
+    pub phonemes: bool,
+    /// Write subtitles to FILE: SubRip (.srt) or WebVTT (.vtt), by its name.
+    #[arg(long, value_name = "FILE", conflicts_with = "phoneme_ids")]
+    pub subtitles: Option<PathBuf>,
 }
 
 /// Where the audio of `say` goes.
@@ -167,6 +193,13 @@ pub struct SayPlan {
     /// Character counts of the sentences of the text, as far as the client
     /// can tell (the daemon's phonemizer decides); empty for phoneme ids.
     pub sentences: Vec<usize>,
+    /// Timings and SSML (protocol version 2).
+    pub opts: SpeechOptions,
+    /// The text is read from stdin as it arrives (`--follow`); the request's
+    /// text is empty.
+    pub follow: bool,
+    pub timings: Option<PathBuf>,
+    pub subtitles: Option<(PathBuf, subtitles::Format)>,
 }
 
 /// A usage error: the message says what is wrong and how to say it right.
@@ -188,6 +221,10 @@ impl SayArgs {
         let usage = |m: String| Err(UsageError(m));
         let (input, sentences) = match (&self.phoneme_ids, self.text.as_deref()) {
             (Some(csv), _) => (Input::PhonemeIds(parse_ids(csv)?), Vec::new()),
+            (None, Some("-")) | (None, None) if self.follow => (Input::Text(String::new()), Vec::new()),
+            (None, Some(_)) if self.follow => {
+                return usage("--follow reads the text from stdin: give `-` (or no TEXT) instead of the text".into())
+            }
             (None, Some("-")) | (None, None) => {
                 if self.text.is_none() && io.stdin_is_terminal {
                     return usage("no text: give TEXT, or `-` to read it from stdin (see ttsctl say --help)".into());
@@ -202,7 +239,7 @@ impl SayArgs {
             (None, Some(t)) => (Input::Text(t.to_string()), sentence_lengths(t)),
         };
         if let Input::Text(t) = &input {
-            if t.trim().is_empty() {
+            if t.trim().is_empty() && !self.follow {
                 return usage("the text is empty: nothing to speak".into());
             }
         }
@@ -252,7 +289,35 @@ impl SayArgs {
             stream: true,
             fault: None,
         };
-        Ok(SayPlan { request, output, raw: self.raw, quiet: self.quiet, sentences })
+        let subtitles = match self.subtitles {
+            None => None,
+            Some(path) => match subtitles::Format::from_path(&path) {
+                Some(f) => Some((path, f)),
+                None => {
+                    return usage(format!(
+                        "--subtitles {}: name the file .srt (SubRip) or .vtt (WebVTT)",
+                        path.display()
+                    ))
+                }
+            },
+        };
+        let timings = match (self.phonemes, self.timings.is_some() || subtitles.is_some()) {
+            (true, _) => TimingLevel::Phonemes,
+            (false, true) => TimingLevel::Words,
+            (false, false) => TimingLevel::None,
+        };
+        let opts = SpeechOptions { timings, ssml: self.ssml };
+        Ok(SayPlan {
+            request,
+            output,
+            raw: self.raw,
+            quiet: self.quiet,
+            sentences,
+            opts,
+            follow: self.follow,
+            timings: self.timings,
+            subtitles,
+        })
     }
 }
 

@@ -17,6 +17,7 @@ pub mod progress;
 pub mod say;
 pub mod sink;
 pub mod subtitles;
+pub mod timeline;
 pub mod table;
 pub mod wav;
 
@@ -266,6 +267,12 @@ impl Client {
         Ok(id)
     }
 
+    /// A second handle on the connection that can only send pieces of a
+    /// streamed text (for a thread that feeds it while this one reads).
+    pub fn writer(&self) -> Result<TextFeed, ClientError> {
+        Ok(TextFeed { stream: self.stream.try_clone().map_err(FrameError::Io)? })
+    }
+
     pub fn append_text(&mut self, id: u64, text: &str) -> Result<(), ClientError> {
         self.send(&Request::AppendText {
             id,
@@ -341,6 +348,24 @@ impl Client {
             Reply::Voices { default_voice, voices } => Ok((default_voice, voices)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+}
+
+/// See [`Client::writer`]. Its frames never interleave with the client's
+/// as long as the client sends nothing while the text is open.
+pub struct TextFeed {
+    stream: UnixStream,
+}
+
+impl TextFeed {
+    pub fn append_text(&mut self, id: u64, text: &str) -> Result<(), ClientError> {
+        protocol::write_frame(&mut self.stream, &Request::AppendText { id, text: text.to_string() })?;
+        Ok(())
+    }
+
+    pub fn finish_text(&mut self, id: u64) -> Result<(), ClientError> {
+        protocol::write_frame(&mut self.stream, &Request::FinishText { id })?;
+        Ok(())
     }
 }
 

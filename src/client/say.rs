@@ -14,10 +14,11 @@ use super::outfile::{self, TempFile};
 use super::player::{self, Player, PlayerError, PlayerKind};
 use super::progress::Progress;
 use super::sink::{patch_wav_sizes, Format, PcmWriter};
+use super::timeline::{self, Timeline};
 use super::{Client, ClientError, Done};
-use crate::protocol::{Reply, SynthRequest};
+use crate::protocol::{Reply, SpeechOptions, SynthRequest};
 use std::fs::File;
-use std::io::{self, Seek, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
 use std::process::ChildStdin;
 use std::time::Duration;
@@ -48,8 +49,24 @@ pub fn stream(
     on_audio: &mut dyn FnMut(u32, &[i16]) -> io::Result<()>,
 ) -> Result<Done, Result<ClientError, io::Error>> {
     let id = client.submit(req).map_err(Ok)?;
+    replies(client, id, on_audio, &mut |_| {})
+}
+
+/// The replies of request `id` until its terminal one: audio to
+/// `on_audio`, timings to `on_timings`.
+pub fn replies(
+    client: &mut Client,
+    id: u64,
+    on_audio: &mut dyn FnMut(u32, &[i16]) -> io::Result<()>,
+    on_timings: &mut dyn FnMut(Reply),
+) -> Result<Done, Result<ClientError, io::Error>> {
     loop {
         match client.recv().map_err(Ok)? {
+            t @ Reply::Timings { .. } => {
+                if matches!(&t, Reply::Timings { id: i, .. } if *i == id) {
+                    on_timings(t);
+                }
+            }
             Reply::Audio { id: i, sample_rate, samples, .. } if i == id => {
                 if let Err(e) = on_audio(sample_rate, &samples) {
                     let _ = client.cancel(id);
@@ -62,6 +79,67 @@ pub fn stream(
             Reply::Error { id: Some(i), code, message } if i == id => return Err(Ok(ClientError::Server { code, message })),
             Reply::Error { id: None, code, message } => return Err(Ok(ClientError::Server { code, message })),
             _ => {}
+        }
+    }
+}
+
+/// Opens a streamed text and feeds it stdin as it arrives, from a thread
+/// of its own (only it writes to the connection until the text is
+/// finished; replies are read here). A stdin that fails to read ends the
+/// text where it is. Returns the request's id.
+fn follow(client: &mut Client, req: SynthRequest, opts: SpeechOptions) -> Result<u64, ClientError> {
+    let id = client.open_text(req, opts)?;
+    let mut feed = client.writer()?;
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        let mut buf = [0u8; 4096];
+        let mut held: Vec<u8> = Vec::new();
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            held.extend_from_slice(&buf[..n]);
+            let piece = take_utf8(&mut held);
+            if !piece.is_empty() && feed.append_text(id, &piece).is_err() {
+                return;
+            }
+        }
+        let rest = String::from_utf8_lossy(&held).into_owned();
+        if !rest.is_empty() {
+            let _ = feed.append_text(id, &rest);
+        }
+        let _ = feed.finish_text(id);
+    });
+    Ok(id)
+}
+
+/// The complete UTF-8 at the start of `held` (invalid bytes become U+FFFD),
+/// leaving a character cut by the read for the next one.
+fn take_utf8(held: &mut Vec<u8>) -> String {
+    let mut out = String::new();
+    loop {
+        match std::str::from_utf8(held) {
+            Ok(s) => {
+                out.push_str(s);
+                held.clear();
+                return out;
+            }
+            Err(e) => {
+                let good = e.valid_up_to();
+                out.push_str(&String::from_utf8_lossy(&held[..good]));
+                match e.error_len() {
+                    // Cut by the read: wait for the rest.
+                    None => {
+                        held.drain(..good);
+                        return out;
+                    }
+                    Some(bad) => {
+                        out.push(char::REPLACEMENT_CHARACTER);
+                        held.drain(..good + bad);
+                    }
+                }
+            }
         }
     }
 }
@@ -251,7 +329,27 @@ pub fn run(client: &mut Client, plan: SayPlan, stderr_is_terminal: bool, notes: 
     let mut rate = 0u32;
     let mut samples = 0u64;
     let mut sink_error = None;
-    let result = stream(client, plan.request, &mut |r, s| {
+    let mut timeline = Timeline::default();
+    let started = if plan.follow {
+        follow(client, plan.request.clone(), plan.opts)
+    } else if plan.opts != SpeechOptions::default() {
+        client.submit_with(plan.request.clone(), plan.opts)
+    } else {
+        client.submit(plan.request.clone())
+    };
+    let id = match started {
+        Ok(id) => id,
+        Err(e) => {
+            sink.abort();
+            return Err(e.into());
+        }
+    };
+    let mut on_timings = |t: Reply| {
+        if let Reply::Timings { words, phonemes, marks, .. } = t {
+            timeline.add(words, phonemes, marks);
+        }
+    };
+    let result = replies(client, id, &mut |r, s| {
         if rate == 0 && plan.raw {
             let _ = writeln!(notes, "sample rate: {r} Hz (s16le, mono)");
         }
@@ -264,7 +362,7 @@ pub fn run(client: &mut Client, plan: SayPlan, stderr_is_terminal: bool, notes: 
             sink_error = Some(e);
             io::Error::other("output failed")
         })
-    });
+    }, &mut on_timings);
     if let Some(p) = progress {
         p.finish();
     }
@@ -273,6 +371,16 @@ pub fn run(client: &mut Client, plan: SayPlan, stderr_is_terminal: bool, notes: 
             if !sink.has_audio() {
                 sink.abort();
                 return Err(SayError::NoAudio);
+            }
+            // The side files first: a failure there leaves every output as it was.
+            let written = |path: &PathBuf, write: &dyn Fn(&mut dyn Write) -> io::Result<()>| {
+                timeline::write_file(path, write).map_err(|source| SayError::Output { what: path.display().to_string(), source })
+            };
+            if let Some(path) = &plan.timings {
+                written(path, &|w| timeline.json_lines(rate, w))?;
+            }
+            if let Some((path, format)) = &plan.subtitles {
+                written(path, &|w| timeline.subtitles(rate, *format, w))?;
             }
             sink.finish()?;
             Ok(Said { done, sample_rate: rate, samples })
