@@ -151,7 +151,7 @@ fn share(said: &[std::ops::Range<usize>], weights: &[usize]) -> Vec<std::ops::Ra
         if i + 1 < weights.len() {
             if let Some(&b) = word_starts
                 .iter()
-                .filter(|&&b| b.abs_diff(cut) <= 2)
+                .filter(|&&b| b > 0 && b < n && b.abs_diff(cut) <= 2)
                 .min_by_key(|&&b| b.abs_diff(cut))
             {
                 cut = b;
@@ -828,6 +828,84 @@ mod tests {
         let s = p.phonemize("Stop — now.", "en-us").unwrap();
         assert_eq!(s.len(), 1);
         assert!(s[0].contains("; "), "{s:?}");
+    }
+
+    /// The written words of `text`, each with the phonemes it was given.
+    fn word_map(p: &mut Phonemizer, text: &str) -> Vec<(String, String)> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut out = Vec::new();
+        for s in p.sentences(text, "en-us", true).unwrap() {
+            let ph: Vec<char> = s.phonemes.chars().collect();
+            for w in &s.words {
+                out.push((chars[w.chars.clone()].iter().collect(), ph[w.phonemes.clone()].iter().collect()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn words_pair_with_their_own_phonemes_where_espeak_keeps_them_apart() {
+        let _g = serial();
+        let mut p = phonemizer();
+        let m = word_map(&mut p, "Hello, world. \"Quoted\" words (in brackets) end here!");
+        let written: Vec<&str> = m.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(written, ["Hello", "world", "Quoted", "words", "in", "brackets", "end", "here"]);
+        // Each word's phonemes are that word spoken alone (stress aside).
+        for (w, ph) in &m {
+            let alone = p.phonemize(w, "en-us").unwrap().concat();
+            let strip = |s: &str| s.chars().filter(|c| !"ˈˌ .,!?".contains(*c)).collect::<String>();
+            assert_eq!(strip(ph), strip(&alone), "{w}");
+        }
+        // The sentences' spans cover the text in order.
+        let s = p.sentences("One two. Three four.", "en-us", false).unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(s[0].ended && s[1].ended);
+        assert!(s[0].chars.end <= s[1].chars.start + 1 && s[0].chars.start == 0 && s[1].chars.end == 20, "{s:?}");
+    }
+
+    #[test]
+    fn joined_and_expanded_words_share_their_clauses_phonemes_in_order() {
+        // espeak-ng speaks "42" as two words and "%" as one, and may join
+        // short function words: the words still come out in order, each
+        // with some phonemes, none overlapping, covering the clause.
+        let _g = serial();
+        let mut p = phonemizer();
+        for text in ["I have 42 apples and 7% of the pears.", "He gave it to them at the end of the day.", "Call 555 1234 now."] {
+            let sentences = p.sentences(text, "en-us", true).unwrap();
+            let written: Vec<String> = text
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_string())
+                .filter(|w| !w.is_empty())
+                .collect();
+            let got: Vec<String> = sentences
+                .iter()
+                .flat_map(|s| s.words.iter().map(|w| text.chars().skip(w.chars.start).take(w.chars.len()).collect::<String>()))
+                .collect();
+            assert_eq!(got, written, "{text}");
+            for s in &sentences {
+                let mut last = 0;
+                for w in &s.words {
+                    assert!(w.phonemes.start >= last && w.phonemes.end > w.phonemes.start, "{text}: {:?}", s.words);
+                    last = w.phonemes.end;
+                }
+                assert!(last <= s.phonemes.chars().count());
+            }
+        }
+    }
+
+    #[test]
+    fn share_follows_the_weights_and_snaps_to_spoken_words() {
+        // Two spoken words of 4 and 2 phonemes for two written ones
+        // weighted 4:2: exactly one each.
+        assert_eq!(share(&[0..4, 5..7], &[4, 2]), vec![0..4, 5..7]);
+        // One spoken word for two written ones ("ʌvðə" for "of the"): split inside it.
+        assert_eq!(share(&[0..4], &[2, 2]), vec![0..2, 2..4]);
+        // Three spoken words for one written one ("42"): all of them.
+        assert_eq!(share(&[0..5, 6..9, 10..12], &[10]), vec![0..12]);
+        // More written words than phonemes: every range is valid and in order.
+        let r = share(&[0..2], &[1, 1, 1]);
+        assert_eq!(r.len(), 3);
+        assert!(r.windows(2).all(|w| w[0].end <= w[1].start), "{r:?}");
     }
 
     #[test]
