@@ -439,7 +439,9 @@ mod activation {
 }
 
 mod docs {
-    use ttsd::protocol::{encode, HealthState, Input, Reply, Request, SynthRequest};
+    use ttsd::protocol::{
+        encode, HealthState, Input, MarkTiming, Reply, Request, SpeechOptions, SynthRequest, TimingLevel, WordTiming,
+    };
 
     const SESSION_HEADING: &str = "## An annotated session, byte by byte";
 
@@ -495,6 +497,16 @@ mod docs {
             worker_pid: 15234,
             retried: false,
         };
+        let open = Request::OpenText {
+            req: SynthRequest { id: 1, input: Input::Text("Hel".into()), seed: Some(7), stream: true, ..SynthRequest::text("") },
+            opts: SpeechOptions { timings: TimingLevel::Words, ssml: false },
+        };
+        let timings = Reply::Timings {
+            id: 1,
+            words: vec![WordTiming { text_start: 0, text_end: 5, word: "Hello".into(), start: 2816, end: 8960 }],
+            phonemes: vec![],
+            marks: vec![MarkTiming { name: "m".into(), sample: 2816 }],
+        };
         let cases: Vec<(usize, Vec<u8>)> = vec![
             (0, encode(&Request::Hello { version: 1, client: "ex".into() }).unwrap()),
             (1, encode(&Reply::HelloOk { version: 1, server: "ttsd 0.1.0".into() }).unwrap()),
@@ -503,6 +515,10 @@ mod docs {
             (6, encode(&done).unwrap()),
             (8, encode(&Request::Health).unwrap()),
             (9, encode(&Reply::Health { state: HealthState::Ready, reason: None }).unwrap()),
+            (10, encode(&open).unwrap()),
+            (11, encode(&Request::AppendText { id: 1, text: "lo. Bye".into() }).unwrap()),
+            (12, encode(&Request::FinishText { id: 1 }).unwrap()),
+            (13, encode(&timings).unwrap()),
         ];
         for (i, bytes) in cases {
             assert_eq!(hex(i), bytes, "block {i} of PROTOCOL.md's annotated session");

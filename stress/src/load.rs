@@ -1,6 +1,9 @@
 //! Load clients: each one a connection that sends synthesize requests from
 //! the text mix, closed loop (one in flight) or paced (`--rate`), some with
-//! fault flags, and waits for every one's terminal reply.
+//! fault flags, and waits for every one's terminal reply. Half of the
+//! streamed requests send their text in pieces (protocol version 2's
+//! OpenText, AppendText of a few bytes each, FinishText), so kills and
+//! faults also land on texts still arriving.
 //!
 //! Owns request ids (globally unique: client index in the high bits, so the
 //! status reply's `current_request` names one request) and the "lost" verdict.
@@ -14,7 +17,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use ttsd::protocol::{Input, Request, SynthRequest};
+use ttsd::protocol::{Input, Request, SpeechOptions, SynthRequest};
+
+/// Bytes per piece of a text sent in pieces: cuts words and sentences.
+const PIECE_BYTES: usize = 12;
 
 #[derive(Clone)]
 pub struct LoadSpec {
@@ -58,12 +64,31 @@ pub struct NewRequest<'a> {
     pub id: u64,
     pub text: (texts::TextKind, &'a str),
     pub stream: bool,
+    /// Its text goes out in pieces (a streamed text).
+    pub pieces: bool,
     pub fault: Option<FlagFault>,
 }
 
-/// One synthesize request and its record (not yet sent).
-pub fn make_request(tracker: &Tracker, n: NewRequest, timeout_ms: u64) -> (Request, Record) {
-    let NewRequest { client, id, text, stream, fault } = n;
+/// `text` cut every [`PIECE_BYTES`] bytes, on character boundaries.
+fn pieces(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut piece = String::new();
+    for c in text.chars() {
+        piece.push(c);
+        if piece.len() >= PIECE_BYTES {
+            out.push(std::mem::take(&mut piece));
+        }
+    }
+    if !piece.is_empty() {
+        out.push(piece);
+    }
+    out
+}
+
+/// One synthesize request (the frames that make it) and its record (not
+/// yet sent).
+pub fn make_request(tracker: &Tracker, n: NewRequest, timeout_ms: u64) -> (Vec<Request>, Record) {
+    let NewRequest { client, id, text, stream, pieces: in_pieces, fault } = n;
     let now = Instant::now();
     let req = SynthRequest {
         id,
@@ -100,7 +125,14 @@ pub fn make_request(tracker: &Tracker, n: NewRequest, timeout_ms: u64) -> (Reque
         worker_pid: 0,
         retried: false,
     };
-    (Request::Synthesize(req), rec)
+    if !in_pieces {
+        return (vec![Request::Synthesize(req)], rec);
+    }
+    let opts = SpeechOptions::default();
+    let mut frames = vec![Request::OpenText { req: SynthRequest { input: Input::Text(String::new()), ..req }, opts }];
+    frames.extend(pieces(text.1).into_iter().map(|text| Request::AppendText { id, text }));
+    frames.push(Request::FinishText { id });
+    (frames, rec)
 }
 
 /// Run one client until the budget or the stop flag ends it, then wait for
@@ -148,7 +180,7 @@ pub fn run_client(client: usize, spec: LoadSpec, budget: Budget, tracker: Tracke
             if let Some(i) = interval {
                 next_send += i;
             }
-            if c.send(&req).is_err() {
+            if req.iter().any(|r| c.send(r).is_err()) {
                 conn = None;
             }
             continue;
@@ -184,12 +216,13 @@ pub fn run_client(client: usize, spec: LoadSpec, budget: Budget, tracker: Tracke
 fn draw(rng: &mut Rng, spec: &LoadSpec, client: usize, id: u64) -> NewRequest<'static> {
     let text = texts::pick(rng);
     let stream = rng.chance(spec.stream_fraction);
+    let pieces = stream && rng.chance(0.5);
     let fault = if !spec.fault_kinds.is_empty() && rng.chance(spec.fault_fraction) {
         Some(spec.fault_kinds[rng.below(spec.fault_kinds.len())])
     } else {
         None
     };
-    NewRequest { client, id, text, stream, fault }
+    NewRequest { client, id, text, stream, pieces, fault }
 }
 
 /// Mark the requests past their give-up time lost; true if there were any.
@@ -207,7 +240,7 @@ fn expire_overdue(pending: &mut HashMap<u64, Instant>, tracker: &Tracker, wait_l
 /// the scheduled fault-flag requests).
 pub fn one_request(spec: &LoadSpec, tracker: &Tracker, client: usize, id: u64, fault: FlagFault, stream: bool) {
     let text = (texts::TextKind::Short, "Fault injection request.");
-    let n = NewRequest { client, id, text, stream, fault: Some(fault) };
+    let n = NewRequest { client, id, text, stream, pieces: false, fault: Some(fault) };
     let (req, rec) = make_request(tracker, n, spec.timeout_ms);
     let mut conn = match LoadConn::open(&spec.socket, "stress-fault", tracker) {
         Ok(c) => c,
@@ -218,7 +251,7 @@ pub fn one_request(spec: &LoadSpec, tracker: &Tracker, client: usize, id: u64, f
         }
     };
     tracker.sent(rec);
-    if conn.send(&req).is_err() {
+    if req.iter().any(|r| conn.send(r).is_err()) {
         tracker.lost(id, "send failed", Instant::now());
         return;
     }
