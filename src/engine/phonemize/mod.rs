@@ -44,8 +44,8 @@ pub struct PhSentence {
 /// Exact where espeak-ng speaks a clause as many words as it has written
 /// ones (most text); where the counts differ (it joins some function
 /// words, "of the"; it speaks "42" or "%" as several words), each written
-/// word gets a share of the clause's phonemes in proportion to its own
-/// phonemes spoken alone: approximate inside that clause only.
+/// word gets the clause's phonemes that align with its own phonemes spoken
+/// alone ([`align`]): approximate inside that clause only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhWord {
     /// Characters of the text (leading and trailing punctuation left out).
@@ -117,6 +117,86 @@ fn spoken_words(phonemes: &str, at: usize) -> Vec<std::ops::Range<usize>> {
     }
     if let Some(s) = start {
         out.push(at + s..at + n);
+    }
+    out
+}
+
+/// Gives each written word the phonemes of `said` (ranges of `spoken`, in
+/// order) that line up with its own phonemes spoken alone (`alone`, one
+/// per word): an edit-distance alignment of the two phoneme strings, in
+/// which stress marks are cheap to skip (a word spoken alone is stressed,
+/// in a sentence perhaps not). Words the alignment gives nothing get an
+/// empty range where they would be. Very long clauses fall back to
+/// [`share`] (the alignment is quadratic).
+fn align(said: &[std::ops::Range<usize>], spoken: &[char], alone: &[Vec<char>]) -> Vec<std::ops::Range<usize>> {
+    let positions: Vec<usize> = said.iter().flat_map(|r| r.clone()).collect();
+    let a: Vec<char> = positions.iter().map(|&p| spoken.get(p).copied().unwrap_or(' ')).collect();
+    let b: Vec<(usize, char)> = alone.iter().enumerate().flat_map(|(w, cs)| cs.iter().map(move |&c| (w, c))).collect();
+    let (n, m) = (a.len(), b.len());
+    if n == 0 || m == 0 || n * m > 1 << 22 {
+        let weights: Vec<usize> = alone.iter().map(|w| w.len().max(1)).collect();
+        return share(said, &weights);
+    }
+    let stress = |c: char| c == 'ˈ' || c == 'ˌ';
+    let gap = |c: char| if stress(c) { 1u32 } else { 2 };
+    let sub = |x: char, y: char| if x == y { 0u32 } else { 3 };
+    // cost[i][j]: aligning a[..i] with b[..j]; step: 0 diagonal, 1 skip a, 2 skip b.
+    let w = m + 1;
+    let mut cost = vec![0u32; (n + 1) * w];
+    let mut step = vec![0u8; (n + 1) * w];
+    for i in 1..=n {
+        cost[i * w] = cost[(i - 1) * w] + gap(a[i - 1]);
+        step[i * w] = 1;
+    }
+    for j in 1..=m {
+        cost[j] = cost[j - 1] + gap(b[j - 1].1);
+        step[j] = 2;
+    }
+    for i in 1..=n {
+        for j in 1..=m {
+            let d = cost[(i - 1) * w + j - 1] + sub(a[i - 1], b[j - 1].1);
+            let up = cost[(i - 1) * w + j] + gap(a[i - 1]);
+            let left = cost[i * w + j - 1] + gap(b[j - 1].1);
+            let (c, s) = if d <= up && d <= left { (d, 0) } else if up <= left { (up, 1) } else { (left, 2) };
+            cost[i * w + j] = c;
+            step[i * w + j] = s;
+        }
+    }
+    // Which word each spoken phoneme went to (None: matched nothing).
+    let mut owner: Vec<Option<usize>> = vec![None; n];
+    let (mut i, mut j) = (n, m);
+    while i > 0 || j > 0 {
+        match step[i * w + j] {
+            0 if i > 0 && j > 0 => {
+                owner[i - 1] = Some(b[j - 1].0);
+                i -= 1;
+                j -= 1;
+            }
+            1 if i > 0 => i -= 1,
+            _ if j > 0 => j -= 1,
+            _ => i -= 1,
+        }
+    }
+    // A phoneme that matched nothing goes with the word before it (or,
+    // at the start, the first word), which keeps the owners in order.
+    let mut last = owner.iter().flatten().next().copied().unwrap_or(0);
+    for o in owner.iter_mut() {
+        match o {
+            Some(x) if *x >= last => last = *x,
+            _ => *o = Some(last),
+        }
+    }
+    let mut out = Vec::with_capacity(alone.len());
+    let mut next = positions.first().copied().unwrap_or(0);
+    for word in 0..alone.len() {
+        let mine: Vec<usize> = (0..n).filter(|&k| owner[k] == Some(word)).map(|k| positions[k]).collect();
+        match (mine.first(), mine.last()) {
+            (Some(&s), Some(&e)) => {
+                out.push(s..e + 1);
+                next = e + 1;
+            }
+            _ => out.push(next..next),
+        }
     }
     out
 }
@@ -336,19 +416,30 @@ impl Phonemizer {
             sentences.push(current);
         }
         // Word counts that differ (espeak-ng joins some short words, and
-        // speaks numbers and symbols as several): each written word gets a
-        // share of the clause's phonemes as long as its own phonemes alone.
+        // speaks numbers and symbols as several): each written word's own
+        // phonemes, spoken alone, are aligned with the clause's.
+        let chars: Vec<char> = text.chars().collect();
         for u in uneven.into_iter().rev() {
-            let weights: Vec<usize> = u
+            let weights: Vec<Vec<char>> = u
                 .written
                 .iter()
                 .map(|r| {
-                    let word: String = text.chars().skip(r.start).take(r.len()).collect();
-                    self.word_length(&word).max(1)
+                    // The whole token, punctuation and symbols included
+                    // ("$42.50" is spoken "forty two dollars ...").
+                    let (mut a, mut b) = (r.start, r.end);
+                    while a > 0 && chars.get(a - 1).is_some_and(|c| !c.is_whitespace()) {
+                        a -= 1;
+                    }
+                    while chars.get(b).is_some_and(|c| !c.is_whitespace()) {
+                        b += 1;
+                    }
+                    let token: String = chars.get(a..b).map(|c| c.iter().collect()).unwrap_or_default();
+                    self.word_phonemes(&token)
                 })
                 .collect();
-            let shared = share(&u.said, &weights);
             if let Some(s) = sentences.get_mut(u.sentence) {
+                let spoken: Vec<char> = s.phonemes.chars().collect();
+                let shared = align(&u.said, &spoken, &weights);
                 let at = u.word.min(s.words.len());
                 let new = u
                     .written
@@ -370,25 +461,22 @@ impl Phonemizer {
         Ok(sentences)
     }
 
-    /// How many phonemes espeak-ng gives `word` on its own.
-    fn word_length(&mut self, word: &str) -> usize {
-        let Ok(c) = CString::new(word) else { return 0 };
+    /// The phonemes espeak-ng gives `word` on its own, without spaces.
+    fn word_phonemes(&mut self, word: &str) -> Vec<char> {
+        let Ok(c) = CString::new(word) else { return Vec::new() };
         self.reset_reader();
         let mut p: *const c_void = c.as_ptr().cast();
-        let mut n = 0;
+        let mut out = Vec::new();
         for _ in 0..=word.len() + 1 {
             if p.is_null() {
                 break;
             }
             // SAFETY: `p` points into `c`, alive for the loop; single espeak-ng user.
             let ph = unsafe { self.espeak.text_to_phonemes(&mut p) };
-            n += strip_language_flags(ph.as_deref().unwrap_or(""))
-                .nfd()
-                .filter(|c| *c != ' ')
-                .count();
+            out.extend(strip_language_flags(ph.as_deref().unwrap_or("")).nfd().filter(|c| *c != ' '));
         }
         self.reset_reader();
-        n
+        out
     }
 
     fn set_voice(&mut self, name: &str) -> Result<(), EngineError> {
@@ -891,6 +979,24 @@ mod tests {
                 assert!(last <= s.phonemes.chars().count());
             }
         }
+    }
+
+    #[test]
+    fn align_gives_each_word_the_phonemes_that_match_its_own() {
+        let ch = |s: &str| s.chars().collect::<Vec<char>>();
+        // "of the" spoken as one word: split where the letters match.
+        let spoken = ch("ʌvðə");
+        assert_eq!(align(&[0..4], &spoken, &[ch("ʌv"), ch("ðə")]), vec![0..2, 2..4]);
+        // "42" spoken as two words, after a word: both for the number.
+        let spoken = ch("aɪ hæv fˈɔːɹɾi tˈuː");
+        let said = spoken_words("aɪ hæv fˈɔːɹɾi tˈuː", 0);
+        let r = align(&said, &spoken, &[ch("ˈaɪ"), ch("hˈæv"), ch("fˈɔːɹɾi tˈuː").into_iter().filter(|c| *c != ' ').collect()]);
+        assert_eq!(r, vec![0..2, 3..6, 7..19]);
+        // A weak form ("a" ɐ for ˈeɪ) still gets its place between its neighbours.
+        let spoken = ch("ɐlˈɔŋ");
+        assert_eq!(align(&[0..5], &spoken, &[ch("ˈeɪ"), ch("lˈɔŋ")]), vec![0..1, 1..5]);
+        // Nothing to match: empty, in order.
+        assert_eq!(align(&[0..2], &ch("ab"), &[ch("ab"), ch("zz")]), vec![0..2, 2..2]);
     }
 
     #[test]
