@@ -498,7 +498,13 @@ mod docs {
             retried: false,
         };
         let open = Request::OpenText {
-            req: SynthRequest { id: 1, input: Input::Text("Hel".into()), seed: Some(7), stream: true, ..SynthRequest::text("") },
+            req: SynthRequest {
+                id: 1,
+                input: Input::Text("Hel".into()),
+                seed: Some(7),
+                stream: true,
+                ..SynthRequest::text("")
+            },
             opts: SpeechOptions { timings: TimingLevel::Words, ssml: false },
         };
         let timings = Reply::Timings {
@@ -532,7 +538,8 @@ mod follow_and_timings {
     use super::*;
     use std::io::{BufRead, BufReader, Write};
 
-    const PARAGRAPH: &str = "The first sentence is here. A second one follows it, with a comma. And the third ends the paragraph.";
+    const PARAGRAPH: &str =
+        "The first sentence is here. A second one follows it, with a comma. And the third ends the paragraph.";
 
     fn python() -> String {
         Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin/python").display().to_string()
@@ -593,7 +600,8 @@ mod follow_and_timings {
         let rate = voice_rate(&d);
         let wav = d.dir.path().join("t.wav");
         let jsonl = d.dir.path().join("t.jsonl");
-        let out = ttsctl(&d.socket).args(["say", PARAGRAPH, "-o"]).arg(&wav).arg("--timings").arg(&jsonl).output().unwrap();
+        let out =
+            ttsctl(&d.socket).args(["say", PARAGRAPH, "-o"]).arg(&wav).arg("--timings").arg(&jsonl).output().unwrap();
         check(&out, 0);
         let samples = assert_speech(&wav, rate);
         let seconds = samples as f64 / rate as f64;
@@ -602,7 +610,8 @@ mod follow_and_timings {
             .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
             .collect();
         let words: Vec<&str> = lines.iter().filter_map(|l| l["word"].as_str()).collect();
-        let expected: Vec<&str> = PARAGRAPH.split_whitespace().map(|w| w.trim_matches(|c: char| !c.is_alphanumeric())).collect();
+        let expected: Vec<&str> =
+            PARAGRAPH.split_whitespace().map(|w| w.trim_matches(|c: char| !c.is_alphanumeric())).collect();
         assert_eq!(words, expected);
         let mut last = 0.0;
         for l in &lines {
@@ -666,7 +675,13 @@ mod follow_and_timings {
         let d = daemon();
         let jsonl = d.dir.path().join("m.jsonl");
         let out = ttsctl(&d.socket)
-            .args(["say", "--ssml", "<speak>Hello <mark name=\"here\"/>world.<break time=\"200ms\"/></speak>", "-o", "-"])
+            .args([
+                "say",
+                "--ssml",
+                "<speak>Hello <mark name=\"here\"/>world.<break time=\"200ms\"/></speak>",
+                "-o",
+                "-",
+            ])
             .arg("--timings")
             .arg(&jsonl)
             .stdout(Stdio::null())
@@ -674,13 +689,24 @@ mod follow_and_timings {
             .unwrap();
         check(&out, 0);
         let body = std::fs::read_to_string(&jsonl).unwrap();
-        let marks: Vec<serde_json::Value> =
-            body.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("mark").is_some()).collect();
+        let marks: Vec<serde_json::Value> = body
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v.get("mark").is_some())
+            .collect();
         assert_eq!(marks.len(), 1, "{body}");
         assert_eq!(marks[0]["mark"], "here");
-        let world = body.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["word"] == "world").unwrap();
+        let world = body
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["word"] == "world")
+            .unwrap();
         assert_eq!(marks[0]["sample"], world["start_sample"], "the mark falls where 'world' starts");
-        let bad = ttsctl(&d.socket).args(["say", "--ssml", "<speak>Broken</p>", "-o", "-"]).stdout(Stdio::null()).output().unwrap();
+        let bad = ttsctl(&d.socket)
+            .args(["say", "--ssml", "<speak>Broken</p>", "-o", "-"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
         check(&bad, 1);
         assert!(text(&bad.stderr).contains("SSML"), "{}", text(&bad.stderr));
     }

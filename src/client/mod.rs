@@ -17,13 +17,13 @@ pub mod progress;
 pub mod say;
 pub mod sink;
 pub mod subtitles;
-pub mod timeline;
 pub mod table;
+pub mod timeline;
 pub mod wav;
 
 use crate::protocol::{
-    self, ErrorCode, FrameError, HealthState, Reply, Request, SpeechOptions, StatusReply,
-    SynthRequest, VoiceStatus, PROTOCOL_VERSION,
+    self, ErrorCode, FrameError, HealthState, Reply, Request, SpeechOptions, StatusReply, SynthRequest, VoiceStatus,
+    PROTOCOL_VERSION,
 };
 use crate::runtime_dir::{self, DefaultDir, DirError};
 use std::io;
@@ -242,11 +242,7 @@ impl Client {
     }
 
     /// [`Client::submit`] with the options of protocol version 2.
-    pub fn submit_with(
-        &mut self,
-        mut req: SynthRequest,
-        opts: SpeechOptions,
-    ) -> Result<u64, ClientError> {
+    pub fn submit_with(&mut self, mut req: SynthRequest, opts: SpeechOptions) -> Result<u64, ClientError> {
         req.id = self.next_id();
         let id = req.id;
         self.send(&Request::SynthesizeWith { req, opts })?;
@@ -256,11 +252,7 @@ impl Client {
     /// Opens a streamed-text request (its first piece is `req`'s text) under
     /// a fresh id; send the rest with [`Client::append_text`], then
     /// [`Client::finish_text`].
-    pub fn open_text(
-        &mut self,
-        mut req: SynthRequest,
-        opts: SpeechOptions,
-    ) -> Result<u64, ClientError> {
+    pub fn open_text(&mut self, mut req: SynthRequest, opts: SpeechOptions) -> Result<u64, ClientError> {
         req.id = self.next_id();
         let id = req.id;
         self.send(&Request::OpenText { req, opts })?;
@@ -274,10 +266,7 @@ impl Client {
     }
 
     pub fn append_text(&mut self, id: u64, text: &str) -> Result<(), ClientError> {
-        self.send(&Request::AppendText {
-            id,
-            text: text.to_string(),
-        })
+        self.send(&Request::AppendText { id, text: text.to_string() })
     }
 
     pub fn finish_text(&mut self, id: u64) -> Result<(), ClientError> {

@@ -349,20 +349,25 @@ pub fn run(client: &mut Client, plan: SayPlan, stderr_is_terminal: bool, notes: 
             timeline.add(words, phonemes, marks);
         }
     };
-    let result = replies(client, id, &mut |r, s| {
-        if rate == 0 && plan.raw {
-            let _ = writeln!(notes, "sample rate: {r} Hz (s16le, mono)");
-        }
-        rate = r;
-        samples += s.len() as u64;
-        if let Some(p) = progress.as_mut() {
-            p.audio(s.len() as f64 / r.max(1) as f64);
-        }
-        sink.write(r, s).map_err(|e| {
-            sink_error = Some(e);
-            io::Error::other("output failed")
-        })
-    }, &mut on_timings);
+    let result = replies(
+        client,
+        id,
+        &mut |r, s| {
+            if rate == 0 && plan.raw {
+                let _ = writeln!(notes, "sample rate: {r} Hz (s16le, mono)");
+            }
+            rate = r;
+            samples += s.len() as u64;
+            if let Some(p) = progress.as_mut() {
+                p.audio(s.len() as f64 / r.max(1) as f64);
+            }
+            sink.write(r, s).map_err(|e| {
+                sink_error = Some(e);
+                io::Error::other("output failed")
+            })
+        },
+        &mut on_timings,
+    );
     if let Some(p) = progress {
         p.finish();
     }
@@ -374,7 +379,8 @@ pub fn run(client: &mut Client, plan: SayPlan, stderr_is_terminal: bool, notes: 
             }
             // The side files first: a failure there leaves every output as it was.
             let written = |path: &PathBuf, write: &dyn Fn(&mut dyn Write) -> io::Result<()>| {
-                timeline::write_file(path, write).map_err(|source| SayError::Output { what: path.display().to_string(), source })
+                timeline::write_file(path, write)
+                    .map_err(|source| SayError::Output { what: path.display().to_string(), source })
             };
             if let Some(path) = &plan.timings {
                 written(path, &|w| timeline.json_lines(rate, w))?;

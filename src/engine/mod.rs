@@ -200,14 +200,8 @@ impl Engine {
         if text.trim().is_empty() {
             return Ok(0);
         }
-        let v = self
-            .voices
-            .get(voice)
-            .ok_or_else(|| EngineError::UnknownVoice(voice.to_string()))?;
-        let ph = self
-            .phonemizer
-            .as_mut()
-            .ok_or_else(|| EngineError::Phonemizer("no phonemizer loaded".into()))?;
+        let v = self.voices.get(voice).ok_or_else(|| EngineError::UnknownVoice(voice.to_string()))?;
+        let ph = self.phonemizer.as_mut().ok_or_else(|| EngineError::Phonemizer("no phonemizer loaded".into()))?;
         let espeak_voice = v.config().espeak_voice.clone();
         let sentences = match ph.sentences(text, &espeak_voice, false) {
             Ok(s) => s,
@@ -216,12 +210,7 @@ impl Engine {
             Err(e) => return Err(e),
         };
         let followed = |end: usize| text.chars().skip(end).any(|c| !c.is_whitespace());
-        Ok(sentences
-            .iter()
-            .filter(|s| s.ended && followed(s.chars.end))
-            .map(|s| s.chars.end)
-            .max()
-            .unwrap_or(0))
+        Ok(sentences.iter().filter(|s| s.ended && followed(s.chars.end)).map(|s| s.chars.end).max().unwrap_or(0))
     }
 
     /// Synthesize `input` with voice `voice`, handing each chunk to `on_chunk`

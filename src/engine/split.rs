@@ -57,20 +57,13 @@ pub struct Piece {
 /// A leading BOS (and its pad) and a trailing EOS are repeated on every
 /// piece; spaces at a cut are dropped.
 pub fn split_ids(ids: &[i64], kinds: &IdKinds, max: usize) -> Vec<Vec<i64>> {
-    split_pieces(ids, kinds, max)
-        .into_iter()
-        .map(|p| p.ids)
-        .collect()
+    split_pieces(ids, kinds, max).into_iter().map(|p| p.ids).collect()
 }
 
 /// [`split_ids`], each piece with the span of `ids` it speaks.
 pub fn split_pieces(ids: &[i64], kinds: &IdKinds, max: usize) -> Vec<Piece> {
     if ids.len() <= max {
-        return vec![Piece {
-            ids: ids.to_vec(),
-            body: 0..ids.len(),
-            head: 0,
-        }];
+        return vec![Piece { ids: ids.to_vec(), body: 0..ids.len(), head: 0 }];
     }
     let mut head = 0;
     if kinds.bos.is_some() && ids.first().copied() == kinds.bos {
@@ -99,22 +92,14 @@ pub fn split_pieces(ids: &[i64], kinds: &IdKinds, max: usize) -> Vec<Piece> {
         };
         let span = cuts.trim_spaces(start, end);
         if let Some(piece) = body.get(span.clone()).filter(|p| !p.is_empty()) {
-            out.push(Piece {
-                ids: [prefix, piece, suffix].concat(),
-                body: head + span.start..head + span.end,
-                head,
-            });
+            out.push(Piece { ids: [prefix, piece, suffix].concat(), body: head + span.start..head + span.end, head });
         }
         start = end;
     }
     if out.is_empty() {
         // Nothing but spaces: one framed piece of them.
         let n = budget.min(body.len());
-        out.push(Piece {
-            ids: [prefix, &body[..n], suffix].concat(),
-            body: head..head + n,
-            head,
-        });
+        out.push(Piece { ids: [prefix, &body[..n], suffix].concat(), body: head..head + n, head });
     }
     out
 }

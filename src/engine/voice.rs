@@ -143,11 +143,7 @@ impl Voice {
         phonemizer: Option<&mut Phonemizer>,
         input: &SynthInput,
     ) -> Result<Vec<Vec<i64>>, EngineError> {
-        Ok(self
-            .utterances(phonemizer, input, TimingLevel::None)?
-            .into_iter()
-            .map(|u| u.ids)
-            .collect())
+        Ok(self.utterances(phonemizer, input, TimingLevel::None)?.into_iter().map(|u| u.ids).collect())
     }
 
     /// [`Voice::sentences`], each with where its words (and, when asked,
@@ -162,29 +158,17 @@ impl Voice {
             SynthInput::PhonemeIds(ids) => {
                 self.check_ids(ids)?;
                 let pieces = split_pieces(ids, &self.kinds, MAX_SENTENCE_IDS);
-                Ok(pieces
-                    .into_iter()
-                    .map(|p| Utterance {
-                        ids: p.ids,
-                        ..Default::default()
-                    })
-                    .collect())
+                Ok(pieces.into_iter().map(|p| Utterance { ids: p.ids, ..Default::default() }).collect())
             }
             SynthInput::Text(text) => {
                 if text.trim().is_empty() {
                     return Err(EngineError::InvalidInput("text is empty".into()));
                 }
-                let ph = phonemizer
-                    .ok_or_else(|| EngineError::Phonemizer("no phonemizer loaded".into()))?;
-                let sentences = ph.sentences(
-                    text,
-                    &self.config.espeak_voice,
-                    timings != TimingLevel::None,
-                )?;
+                let ph = phonemizer.ok_or_else(|| EngineError::Phonemizer("no phonemizer loaded".into()))?;
+                let sentences = ph.sentences(text, &self.config.espeak_voice, timings != TimingLevel::None)?;
                 let mut out = Vec::new();
                 for s in sentences.iter().filter(|s| !s.phonemes.trim().is_empty()) {
-                    let (ids, spans) =
-                        phonemes_to_ids_with_spans(&s.phonemes, &self.config.phoneme_id_map);
+                    let (ids, spans) = phonemes_to_ids_with_spans(&s.phonemes, &self.config.phoneme_id_map);
                     let ids_of = |r: &Range<usize>| match (
                         spans.get(r.start),
                         r.end.checked_sub(1).and_then(|e| spans.get(e)),
@@ -192,11 +176,8 @@ impl Voice {
                         (Some(a), Some(b)) if r.end > r.start => Some(a.start..b.end),
                         _ => None,
                     };
-                    let words: Vec<(Range<usize>, Range<usize>)> = s
-                        .words
-                        .iter()
-                        .filter_map(|w| ids_of(&w.phonemes).map(|ids| (w.chars.clone(), ids)))
-                        .collect();
+                    let words: Vec<(Range<usize>, Range<usize>)> =
+                        s.words.iter().filter_map(|w| ids_of(&w.phonemes).map(|ids| (w.chars.clone(), ids))).collect();
                     let phonemes: Vec<(char, Range<usize>)> = if timings == TimingLevel::Phonemes {
                         s.phonemes
                             .chars()
@@ -207,18 +188,10 @@ impl Voice {
                     } else {
                         Vec::new()
                     };
-                    out.extend(Utterance::cut(
-                        ids,
-                        s.chars.clone(),
-                        &words,
-                        &phonemes,
-                        &self.kinds,
-                    ));
+                    out.extend(Utterance::cut(ids, s.chars.clone(), &words, &phonemes, &self.kinds));
                 }
                 if out.is_empty() {
-                    return Err(EngineError::InvalidInput(
-                        "text has nothing to speak".into(),
-                    ));
+                    return Err(EngineError::InvalidInput("text has nothing to speak".into()));
                 }
                 Ok(out)
             }
@@ -244,10 +217,7 @@ impl Voice {
         let started = Instant::now();
         let mut callback_time = 0.0f64;
         let sentences = self.utterances(phonemizer, input, params.timings)?;
-        let mut stages = StageTimes {
-            phonemize: started.elapsed().as_secs_f64(),
-            ..Default::default()
-        };
+        let mut stages = StageTimes { phonemize: started.elapsed().as_secs_f64(), ..Default::default() };
         let lap = |t: &mut Instant| {
             let now = Instant::now();
             let s = now.duration_since(*t).as_secs_f64();
@@ -270,15 +240,13 @@ impl Voice {
         for (index, utt) in sentences.iter().enumerate() {
             check()?;
             let mut t = Instant::now();
-            let prior = self
-                .model
-                .prior(&utt.ids, g.as_ref(), params.sampling(seed), cancelled)?;
+            let prior = self.model.prior(&utt.ids, g.as_ref(), params.sampling(seed), cancelled)?;
             stages.prior += lap(&mut t);
             seed = seed.wrapping_add(1);
             let frames = prior.z_p.shape()[0] as usize;
             // Handed out with the sentence's first chunk.
-            let mut timings = (params.timings != TimingLevel::None)
-                .then(|| utt.timings(&prior.durations, frames as u64, hop));
+            let mut timings =
+                (params.timings != TimingLevel::None).then(|| utt.timings(&prior.durations, frames as u64, hop));
             let mut start = 0;
             if params.stream {
                 // First chunk early: the flow over just the frames it needs.
@@ -392,12 +360,7 @@ impl Utterance {
         };
         let mut out: Vec<Utterance> = pieces
             .iter()
-            .map(|p| Utterance {
-                ids: p.ids.clone(),
-                chars: chars.clone(),
-                words: Vec::new(),
-                phonemes: Vec::new(),
-            })
+            .map(|p| Utterance { ids: p.ids.clone(), chars: chars.clone(), words: Vec::new(), phonemes: Vec::new() })
             .collect();
         for (c, r) in words {
             let i = owner(r.start);
@@ -414,20 +377,10 @@ impl Utterance {
         if n > 1 {
             // Each piece's share of the text: up to the next piece's first word.
             let starts: Vec<usize> = (0..n)
-                .map(|i| {
-                    if i == 0 {
-                        chars.start
-                    } else {
-                        out[i].words.first().map_or(chars.start, |w| w.0.start)
-                    }
-                })
+                .map(|i| if i == 0 { chars.start } else { out[i].words.first().map_or(chars.start, |w| w.0.start) })
                 .collect();
             for i in 0..n {
-                let end = if i + 1 < n {
-                    starts[i + 1].max(starts[i])
-                } else {
-                    chars.end.max(starts[i])
-                };
+                let end = if i + 1 < n { starts[i + 1].max(starts[i]) } else { chars.end.max(starts[i]) };
                 out[i].chars = starts[i]..end;
             }
         }
@@ -450,20 +403,12 @@ impl Utterance {
             words: self
                 .words
                 .iter()
-                .map(|(c, r)| TimedWord {
-                    chars: c.clone(),
-                    start: sample(r.start),
-                    end: sample(r.end),
-                })
+                .map(|(c, r)| TimedWord { chars: c.clone(), start: sample(r.start), end: sample(r.end) })
                 .collect(),
             phonemes: self
                 .phonemes
                 .iter()
-                .map(|(c, r)| TimedPhoneme {
-                    phoneme: *c,
-                    start: sample(r.start),
-                    end: sample(r.end),
-                })
+                .map(|(c, r)| TimedPhoneme { phoneme: *c, start: sample(r.start), end: sample(r.end) })
                 .collect(),
         }
     }

@@ -22,13 +22,11 @@ use super::activation;
 use super::socket::{self, groups_of, PeerPolicy, SocketFile};
 use crate::config::Config;
 use crate::protocol::{
-    self, ErrorCode, FrameError, Reply, Request, SpeechOptions, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
+    self, ErrorCode, FrameError, Reply, Request, SpeechOptions, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use crate::supervisor::outbox;
 use crate::supervisor::{
-    Admission, CloseReason, Frontend, Handle, Outbound, Outbox, Outgoing, Query, Session,
-    Submission,
+    Admission, CloseReason, Frontend, Handle, Outbound, Outbox, Outgoing, Query, Session, Submission,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -253,13 +251,7 @@ async fn hello(rd: &mut OwnedReadHalf, out: &Outbox, max_frame: usize) -> Option
 
 /// Frames to session calls until the connection ends. `version`: what the
 /// client said in Hello; requests of a later version are refused.
-async fn read_loop(
-    rd: &mut OwnedReadHalf,
-    out: &Outbox,
-    session: &Session,
-    limits: Limits,
-    version: u32,
-) {
+async fn read_loop(rd: &mut OwnedReadHalf, out: &Outbox, session: &Session, limits: Limits, version: u32) {
     loop {
         // Read nothing more while the client leaves its replies unread or
         // the arbiter has not taken this session's last requests.
@@ -288,7 +280,10 @@ async fn read_loop(
         }
         if let Ok(Some(req)) = &frame {
             if req.min_version() > version {
-                let why = format!("this request needs protocol version {}; the connection said {version} in Hello", req.min_version());
+                let why = format!(
+                    "this request needs protocol version {}; the connection said {version} in Hello",
+                    req.min_version()
+                );
                 let _ = out.send(error(ErrorCode::BadRequest, why));
                 continue;
             }
@@ -297,12 +292,8 @@ async fn read_loop(
             Ok(Some(Request::Synthesize(req))) => {
                 session.submit(ticket, Submission::whole(req, SpeechOptions::default()))
             }
-            Ok(Some(Request::SynthesizeWith { req, opts })) => {
-                session.submit(ticket, Submission::whole(req, opts))
-            }
-            Ok(Some(Request::OpenText { req, opts })) => {
-                session.submit(ticket, Submission::streamed(req, opts))
-            }
+            Ok(Some(Request::SynthesizeWith { req, opts })) => session.submit(ticket, Submission::whole(req, opts)),
+            Ok(Some(Request::OpenText { req, opts })) => session.submit(ticket, Submission::streamed(req, opts)),
             Ok(Some(Request::AppendText { id, text })) => session.append(ticket, id, text),
             Ok(Some(Request::FinishText { id })) => session.finish(ticket, id),
             Ok(Some(Request::Cancel { id })) => session.cancel(ticket, id),

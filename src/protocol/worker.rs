@@ -3,9 +3,7 @@
 //!
 //! Owns the message types only. Never exposed to clients; it may change
 //! freely between builds because both ends are always the same binary.
-use super::{
-    ErrorCode, Fault, Input, MarkTiming, PhonemeTiming, SpeechOptions, VoiceDesc, WordTiming,
-};
+use super::{ErrorCode, Fault, Input, MarkTiming, PhonemeTiming, SpeechOptions, VoiceDesc, WordTiming};
 use serde::{Deserialize, Serialize};
 
 /// Largest internal frame (an audio chunk of one long sentence fits easily).

@@ -181,9 +181,7 @@ impl Arbiter {
             Event::Connected { conn, out } => {
                 self.conns.insert(conn, out);
             }
-            Event::Submit {
-                conn, sub, arrived, ..
-            } => self.submit(conn, sub, arrived),
+            Event::Submit { conn, sub, arrived, .. } => self.submit(conn, sub, arrived),
             Event::Cancel { conn, id, .. } => self.cancel(conn, id),
             Event::Append { conn, id, text, .. } => self.more_text(conn, id, Some(text)),
             Event::Finish { conn, id, .. } => self.more_text(conn, id, None),
@@ -222,14 +220,8 @@ impl Arbiter {
     }
 
     fn submit(&mut self, conn: ConnId, sub: Submission, arrived: Instant) {
-        let Submission {
-            req,
-            opts,
-            streamed_text,
-        } = sub;
-        let Some(out) = self.conns.get(&conn).cloned() else {
-            return;
-        };
+        let Submission { req, opts, streamed_text } = sub;
+        let Some(out) = self.conns.get(&conn).cloned() else { return };
         if self.is_pending(conn, req.id) {
             let _ = out.send(Outbound::Frame(Reply::Error {
                 id: None,
@@ -255,22 +247,10 @@ impl Arbiter {
             Input::Text(t) => t.chars().count(),
             Input::PhonemeIds(_) => 0,
         };
-        let mut p = Pending::new(
-            conn,
-            req,
-            voice,
-            arrived,
-            deadline,
-            out,
-            self.outcomes.clone(),
-        );
+        let mut p = Pending::new(conn, req, voice, arrived, deadline, out, self.outcomes.clone());
         p.opts = opts;
         if streamed_text {
-            p.text_stream = Some(TextStream {
-                finished: false,
-                chars,
-                timeout: Duration::from_millis(timeout),
-            });
+            p.text_stream = Some(TextStream { finished: false, chars, timeout: Duration::from_millis(timeout) });
         }
         if let Err((code, message)) = checked {
             return p.fail(code, message, None);
@@ -345,15 +325,9 @@ impl Arbiter {
     fn more_text(&mut self, conn: ConnId, id: u64, piece: Option<String>) {
         let now = Instant::now();
         let max_chars = self.cfg.requests.max_text_chars;
-        let queued = self
-            .queue
-            .iter()
-            .position(|p| p.conn == conn && p.id() == id);
-        let running = self
-            .running
-            .iter()
-            .find(|(_, r)| r.pending.conn == conn && r.pending.id() == id)
-            .map(|(&j, r)| (j, r.wid));
+        let queued = self.queue.iter().position(|p| p.conn == conn && p.id() == id);
+        let running =
+            self.running.iter().find(|(_, r)| r.pending.conn == conn && r.pending.id() == id).map(|(&j, r)| (j, r.wid));
         let pending = match (queued, running) {
             (Some(i), _) => self.queue.get_mut(i),
             (None, Some((job, _))) => self.running.get_mut(&job).map(|r| &mut r.pending),
@@ -361,11 +335,7 @@ impl Arbiter {
         };
         let refuse = |conns: &HashMap<ConnId, Outbox>, code: ErrorCode, message: String| {
             if let Some(out) = conns.get(&conn) {
-                let _ = out.send(Outbound::Frame(Reply::Error {
-                    id: None,
-                    code,
-                    message,
-                }));
+                let _ = out.send(Outbound::Frame(Reply::Error { id: None, code, message }));
             }
         };
         let Some(p) = pending else {
@@ -383,11 +353,7 @@ impl Arbiter {
             );
         };
         if ts.finished || p.ended_because.is_some() {
-            return refuse(
-                &self.conns,
-                ErrorCode::BadRequest,
-                format!("request {id} was already finished"),
-            );
+            return refuse(&self.conns, ErrorCode::BadRequest, format!("request {id} was already finished"));
         }
         let over = piece.as_ref().and_then(|t| {
             let total = ts.chars + t.chars().count();
@@ -425,11 +391,7 @@ impl Arbiter {
                 if let Input::Text(all) = &mut p.req.input {
                     all.push_str(&text);
                 }
-                running.map(|(job, _)| ToWorker::Text {
-                    job,
-                    text,
-                    remaining_ms,
-                })
+                running.map(|(job, _)| ToWorker::Text { job, text, remaining_ms })
             }
             None => {
                 ts.finished = true;
@@ -505,24 +467,14 @@ impl Arbiter {
                     }
                 }
             }
-            FromWorker::Timings {
-                job,
-                words,
-                phonemes,
-                marks,
-            } => {
+            FromWorker::Timings { job, words, phonemes, marks } => {
                 if w.job == Some(job) {
                     if let Some(r) = self.running.get_mut(&job) {
                         r.pending.timings(words, phonemes, marks);
                     }
                 }
             }
-            FromWorker::JobDone {
-                job,
-                samples,
-                sample_rate,
-                synth_ms,
-            } => {
+            FromWorker::JobDone { job, samples, sample_rate, synth_ms } => {
                 if w.job == Some(job) {
                     w.job = None;
                     w.jobs_done += 1;

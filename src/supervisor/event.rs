@@ -74,20 +74,12 @@ pub struct Submission {
 impl Submission {
     /// All the text at once.
     pub fn whole(req: SynthRequest, opts: SpeechOptions) -> Self {
-        Self {
-            req,
-            opts,
-            streamed_text: false,
-        }
+        Self { req, opts, streamed_text: false }
     }
 
     /// The first piece of a text still arriving.
     pub fn streamed(req: SynthRequest, opts: SpeechOptions) -> Self {
-        Self {
-            req,
-            opts,
-            streamed_text: true,
-        }
+        Self { req, opts, streamed_text: true }
     }
 }
 

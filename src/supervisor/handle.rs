@@ -132,31 +132,17 @@ impl Session {
     /// `Audio` and `Timings`, then exactly one `Done` or `Error`) go to the
     /// outbox.
     pub fn submit(&self, ticket: Ticket, sub: Submission) -> Result<(), Stopped> {
-        self.send(Event::Submit {
-            conn: self.conn,
-            sub,
-            arrived: Instant::now(),
-            ticket,
-        })
+        self.send(Event::Submit { conn: self.conn, sub, arrived: Instant::now(), ticket })
     }
 
     /// The next piece of this session's streamed-text request `id`.
     pub fn append(&self, ticket: Ticket, id: u64, text: String) -> Result<(), Stopped> {
-        self.send(Event::Append {
-            conn: self.conn,
-            id,
-            text,
-            ticket,
-        })
+        self.send(Event::Append { conn: self.conn, id, text, ticket })
     }
 
     /// No more pieces for this session's streamed-text request `id`.
     pub fn finish(&self, ticket: Ticket, id: u64) -> Result<(), Stopped> {
-        self.send(Event::Finish {
-            conn: self.conn,
-            id,
-            ticket,
-        })
+        self.send(Event::Finish { conn: self.conn, id, ticket })
     }
 
     /// Cancel this session's request `id`.

@@ -16,8 +16,8 @@
 use super::event::ConnId;
 use super::outbox::{InFlight, Outbound, Outbox};
 use crate::protocol::{
-    clip, ErrorCode, Input, MarkTiming, PhonemeTiming, Reply, SpeechOptions, SynthRequest, Totals,
-    WordTiming, ECHO_CHARS,
+    clip, ErrorCode, Input, MarkTiming, PhonemeTiming, Reply, SpeechOptions, SynthRequest, Totals, WordTiming,
+    ECHO_CHARS,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -243,18 +243,8 @@ impl Pending {
     }
 
     /// A sentence's timings: sent at once (ahead of its audio).
-    pub fn timings(
-        &mut self,
-        words: Vec<WordTiming>,
-        phonemes: Vec<PhonemeTiming>,
-        marks: Vec<MarkTiming>,
-    ) {
-        self.send(Reply::Timings {
-            id: self.id(),
-            words,
-            phonemes,
-            marks,
-        });
+    pub fn timings(&mut self, words: Vec<WordTiming>, phonemes: Vec<PhonemeTiming>, marks: Vec<MarkTiming>) {
+        self.send(Reply::Timings { id: self.id(), words, phonemes, marks });
     }
 
     /// A chunk from the worker: sent now when streaming (a streamed text's
@@ -262,12 +252,7 @@ impl Pending {
     pub fn audio(&mut self, sample_rate: u32, samples: Vec<i16>) {
         self.sample_rate = sample_rate;
         if self.req.stream || self.text_stream.is_some() {
-            self.send(Reply::Audio {
-                id: self.id(),
-                seq: self.seq,
-                sample_rate,
-                samples,
-            });
+            self.send(Reply::Audio { id: self.id(), seq: self.seq, sample_rate, samples });
             self.seq += 1;
             self.audio_sent = true;
         } else {

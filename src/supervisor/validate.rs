@@ -85,16 +85,7 @@ mod tests {
 
     fn run(req: SynthRequest, fi: bool) -> Result<String, (ErrorCode, String)> {
         let i = info();
-        let voices = [
-            KnownVoice {
-                name: "joe",
-                info: Some(&i),
-            },
-            KnownVoice {
-                name: "new",
-                info: None,
-            },
-        ];
+        let voices = [KnownVoice { name: "joe", info: Some(&i) }, KnownVoice { name: "new", info: None }];
         check(&req, false, "joe", &voices, 100, fi)
     }
 
@@ -136,30 +127,12 @@ mod tests {
     #[test]
     fn a_streamed_text_may_start_empty_but_not_with_ids() {
         let i = info();
-        let voices = [KnownVoice {
-            name: "joe",
-            info: Some(&i),
-        }];
+        let voices = [KnownVoice { name: "joe", info: Some(&i) }];
         assert!(check(&SynthRequest::text(""), true, "joe", &voices, 100, false).is_ok());
-        let ids = SynthRequest {
-            input: Input::PhonemeIds(vec![1, 2]),
-            ..SynthRequest::text("")
-        };
+        let ids = SynthRequest { input: Input::PhonemeIds(vec![1, 2]), ..SynthRequest::text("") };
+        assert_eq!(check(&ids, true, "joe", &voices, 100, false).unwrap_err().0, ErrorCode::BadRequest);
         assert_eq!(
-            check(&ids, true, "joe", &voices, 100, false).unwrap_err().0,
-            ErrorCode::BadRequest
-        );
-        assert_eq!(
-            check(
-                &SynthRequest::text("a".repeat(101)),
-                true,
-                "joe",
-                &voices,
-                100,
-                false
-            )
-            .unwrap_err()
-            .0,
+            check(&SynthRequest::text("a".repeat(101)), true, "joe", &voices, 100, false).unwrap_err().0,
             ErrorCode::BadRequest
         );
     }

@@ -150,21 +150,14 @@ fn run_job(
     let take = |msg: ToWorker| match msg {
         ToWorker::Cancel { job: j } if j == job.job => cancel.set(true),
         ToWorker::Stop => stop.set(true),
-        ToWorker::Text {
-            job: j,
-            text,
-            remaining_ms,
-        } if j == job.job => {
+        ToWorker::Text { job: j, text, remaining_ms } if j == job.job => {
             arrived.borrow_mut().push_str(&text);
             // Each piece moves the deadline (one that passed stays passed).
             if !alarm.fired() {
                 alarm.arm(remaining_ms);
             }
         }
-        ToWorker::Finish {
-            job: j,
-            remaining_ms,
-        } if j == job.job => {
+        ToWorker::Finish { job: j, remaining_ms } if j == job.job => {
             finished.set(true);
             if !alarm.fired() {
                 alarm.arm(remaining_ms);
@@ -210,9 +203,7 @@ fn run_job(
             if !arrived.borrow().is_empty() || finished.get() {
                 return Ok(());
             }
-            let left = heartbeat
-                .saturating_sub(last_beat.get().elapsed())
-                .min(Duration::from_millis(100));
+            let left = heartbeat.saturating_sub(last_beat.get().elapsed()).min(Duration::from_millis(100));
             match chan.recv_timeout(left) {
                 Ok(Some(msg)) => take(msg),
                 Ok(None) => {}
@@ -228,61 +219,28 @@ fn run_job(
             return Err(EngineError::VoiceUnavailable { voice: job.voice.clone(), reason: reason.clone() });
         }
         let params = engine.params(&job.voice, &requested(job))?;
-        let sample_rate = engine
-            .voice(&job.voice)
-            .map(|v| v.info().sample_rate)
-            .unwrap_or(0);
-        let mut send = |msg: FromWorker| {
-            chan.send(&msg)
-                .map_err(|e| EngineError::Output(e.to_string()))
-        };
+        let sample_rate = engine.voice(&job.voice).map(|v| v.info().sample_rate).unwrap_or(0);
+        let mut send = |msg: FromWorker| chan.send(&msg).map_err(|e| EngineError::Output(e.to_string()));
         assert_main_thread();
         let text = match &job.input {
             Input::PhonemeIds(ids) => {
-                let mut on_chunk = |c: Chunk| {
-                    send(FromWorker::Chunk {
-                        job: job.job,
-                        sample_rate,
-                        samples: c.samples,
-                    })
-                };
+                let mut on_chunk = |c: Chunk| send(FromWorker::Chunk { job: job.job, sample_rate, samples: c.samples });
                 let input = SynthInput::PhonemeIds(ids.clone());
-                let s =
-                    engine.synthesize(&job.voice, &input, &params, &cancelled, &mut on_chunk)?;
+                let s = engine.synthesize(&job.voice, &input, &params, &cancelled, &mut on_chunk)?;
                 return Ok((s.samples as u64, s.synth_seconds));
             }
             // Plain text at once, the common case: the engine as it is.
-            Input::Text(t)
-                if !job.text_stream && !job.opts.ssml && job.opts.timings == TimingLevel::None =>
-            {
-                let mut on_chunk = |c: Chunk| {
-                    send(FromWorker::Chunk {
-                        job: job.job,
-                        sample_rate,
-                        samples: c.samples,
-                    })
-                };
-                let s = engine.synthesize(
-                    &job.voice,
-                    &SynthInput::Text(t.clone()),
-                    &params,
-                    &cancelled,
-                    &mut on_chunk,
-                )?;
+            Input::Text(t) if !job.text_stream && !job.opts.ssml && job.opts.timings == TimingLevel::None => {
+                let mut on_chunk = |c: Chunk| send(FromWorker::Chunk { job: job.job, sample_rate, samples: c.samples });
+                let s =
+                    engine.synthesize(&job.voice, &SynthInput::Text(t.clone()), &params, &cancelled, &mut on_chunk)?;
                 return Ok((s.samples as u64, s.synth_seconds));
             }
             Input::Text(t) => t,
         };
         let started = Instant::now();
         let mut waited = Duration::ZERO;
-        let mut speaker = Speaker::new(
-            job.job,
-            &job.voice,
-            params,
-            sample_rate,
-            job.opts.ssml,
-            job.text_stream,
-        );
+        let mut speaker = Speaker::new(job.job, &job.voice, params, sample_rate, job.opts.ssml, job.text_stream);
         speaker.push(text)?;
         loop {
             let piece = std::mem::take(&mut *arrived.borrow_mut());
@@ -297,10 +255,7 @@ fn run_job(
             wait()?;
             waited += t.elapsed();
         }
-        Ok((
-            speaker.samples(),
-            started.elapsed().saturating_sub(waited).as_secs_f64(),
-        ))
+        Ok((speaker.samples(), started.elapsed().saturating_sub(waited).as_secs_f64()))
     });
     let timed_out = alarm.disarm();
     if broken.get() {
@@ -310,10 +265,7 @@ fn run_job(
         Ok((samples, seconds)) => FromWorker::JobDone {
             job: job.job,
             samples,
-            sample_rate: engine
-                .voice(&job.voice)
-                .map(|v| v.info().sample_rate)
-                .unwrap_or(0),
+            sample_rate: engine.voice(&job.voice).map(|v| v.info().sample_rate).unwrap_or(0),
             synth_ms: (seconds * 1000.0).round() as u64,
         },
         Err(e) => {

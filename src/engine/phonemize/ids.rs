@@ -58,13 +58,7 @@ mod tests {
 
     #[test]
     fn spans_give_each_phonemes_ids_and_pad() {
-        let m = map(&[
-            ("_", &[0]),
-            ("^", &[1]),
-            ("$", &[2]),
-            ("a", &[7, 8]),
-            ("b", &[9]),
-        ]);
+        let m = map(&[("_", &[0]), ("^", &[1]), ("$", &[2]), ("a", &[7, 8]), ("b", &[9])]);
         let (ids, spans) = phonemes_to_ids_with_spans("aZb", &m);
         assert_eq!(ids, vec![1, 0, 7, 8, 0, 9, 0, 2]);
         assert_eq!(spans, vec![2..5, 5..5, 5..7]);

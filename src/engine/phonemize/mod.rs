@@ -65,12 +65,7 @@ struct Uneven {
 /// The written words of `text[from..to]` (bytes) as character ranges: runs
 /// without whitespace that hold a letter or digit, less the punctuation at
 /// either end.
-fn written_words(
-    text: &str,
-    from: usize,
-    to: usize,
-    char_at: &[usize],
-) -> Vec<std::ops::Range<usize>> {
+fn written_words(text: &str, from: usize, to: usize, char_at: &[usize]) -> Vec<std::ops::Range<usize>> {
     let Some(clause) = text.get(from..to) else {
         return Vec::new();
     };
@@ -157,7 +152,13 @@ fn align(said: &[std::ops::Range<usize>], spoken: &[char], alone: &[Vec<char>]) 
             let d = cost[(i - 1) * w + j - 1] + sub(a[i - 1], b[j - 1].1);
             let up = cost[(i - 1) * w + j] + gap(a[i - 1]);
             let left = cost[i * w + j - 1] + gap(b[j - 1].1);
-            let (c, s) = if d <= up && d <= left { (d, 0) } else if up <= left { (up, 1) } else { (left, 2) };
+            let (c, s) = if d <= up && d <= left {
+                (d, 0)
+            } else if up <= left {
+                (up, 1)
+            } else {
+                (left, 2)
+            };
             cost[i * w + j] = c;
             step[i * w + j] = s;
         }
@@ -223,11 +224,7 @@ fn share(said: &[std::ops::Range<usize>], weights: &[usize]) -> Vec<std::ops::Ra
     let mut acc = 0;
     for (i, w) in weights.iter().enumerate() {
         acc += w;
-        let mut cut = if i + 1 == weights.len() {
-            n
-        } else {
-            (n * acc + total / 2) / total
-        };
+        let mut cut = if i + 1 == weights.len() { n } else { (n * acc + total / 2) / total };
         if i + 1 < weights.len() {
             if let Some(&b) = word_starts
                 .iter()
@@ -238,27 +235,16 @@ fn share(said: &[std::ops::Range<usize>], weights: &[usize]) -> Vec<std::ops::Ra
             }
             let prev = *cuts.last().unwrap_or(&0);
             let left = weights.len() - i - 1;
-            cut = cut
-                .max((prev + 1).min(n))
-                .min(n.saturating_sub(left).max(prev));
+            cut = cut.max((prev + 1).min(n)).min(n.saturating_sub(left).max(prev));
         }
         cuts.push(cut);
     }
     cuts.windows(2)
-        .map(|w| {
-            match (
-                positions.get(w[0]),
-                w[1].checked_sub(1).and_then(|e| positions.get(e)),
-            ) {
-                (Some(&a), Some(&b)) if w[1] > w[0] => a..b + 1,
-                _ => {
-                    let at = positions
-                        .get(w[0])
-                        .or(positions.last())
-                        .copied()
-                        .unwrap_or(0);
-                    at..at
-                }
+        .map(|w| match (positions.get(w[0]), w[1].checked_sub(1).and_then(|e| positions.get(e))) {
+            (Some(&a), Some(&b)) if w[1] > w[0] => a..b + 1,
+            _ => {
+                let at = positions.get(w[0]).or(positions.last()).copied().unwrap_or(0);
+                at..at
             }
         })
         .collect()
@@ -300,27 +286,14 @@ impl Phonemizer {
     }
 
     /// One phoneme string per sentence, as Piper's `phonemize_espeak` returns them.
-    pub fn phonemize(
-        &mut self,
-        text: &str,
-        espeak_voice: &str,
-    ) -> Result<Vec<String>, EngineError> {
-        Ok(self
-            .sentences(text, espeak_voice, false)?
-            .into_iter()
-            .map(|s| s.phonemes)
-            .collect())
+    pub fn phonemize(&mut self, text: &str, espeak_voice: &str) -> Result<Vec<String>, EngineError> {
+        Ok(self.sentences(text, espeak_voice, false)?.into_iter().map(|s| s.phonemes).collect())
     }
 
     /// The sentences of `text` as Piper phonemizes them, each with its
     /// span of `text` and, with `words`, where each written word's
     /// phonemes are (see [`PhWord`]).
-    pub fn sentences(
-        &mut self,
-        text: &str,
-        espeak_voice: &str,
-        words: bool,
-    ) -> Result<Vec<PhSentence>, EngineError> {
+    pub fn sentences(&mut self, text: &str, espeak_voice: &str, words: bool) -> Result<Vec<PhSentence>, EngineError> {
         let text = sanitize(text);
         if text.trim().is_empty() {
             return Err(EngineError::InvalidInput("text is empty".into()));
@@ -374,9 +347,7 @@ impl Phonemizer {
             carry = lookahead.to_string();
             let end = clause_end(&clause_text, &classify);
 
-            let spoken: String = strip_language_flags(phonemes.as_deref().unwrap_or(""))
-                .nfd()
-                .collect();
+            let spoken: String = strip_language_flags(phonemes.as_deref().unwrap_or("")).nfd().collect();
             let at = current.phonemes.chars().count();
             if current.phonemes.is_empty() && current.chars.is_empty() {
                 current.chars = char_at[from]..char_at[from];
@@ -386,19 +357,11 @@ impl Phonemizer {
                 let written = written_words(&text, from, to.min(len), &char_at);
                 let said = spoken_words(&spoken, at);
                 if written.len() == said.len() {
-                    current.words.extend(
-                        written
-                            .into_iter()
-                            .zip(said)
-                            .map(|(chars, phonemes)| PhWord { chars, phonemes }),
-                    );
+                    current
+                        .words
+                        .extend(written.into_iter().zip(said).map(|(chars, phonemes)| PhWord { chars, phonemes }));
                 } else if !written.is_empty() && !said.is_empty() {
-                    uneven.push(Uneven {
-                        sentence: sentences.len(),
-                        word: current.words.len(),
-                        written,
-                        said,
-                    });
+                    uneven.push(Uneven { sentence: sentences.len(), word: current.words.len(), written, said });
                     // Filled in by the second pass.
                 }
             }
@@ -441,20 +404,12 @@ impl Phonemizer {
                 let spoken: Vec<char> = s.phonemes.chars().collect();
                 let shared = align(&u.said, &spoken, &weights);
                 let at = u.word.min(s.words.len());
-                let new = u
-                    .written
-                    .into_iter()
-                    .zip(shared)
-                    .map(|(chars, phonemes)| PhWord { chars, phonemes });
+                let new = u.written.into_iter().zip(shared).map(|(chars, phonemes)| PhWord { chars, phonemes });
                 s.words.splice(at..at, new);
             }
         }
         sentences.retain(|s| !s.phonemes.is_empty());
-        let speakable = |s: &PhSentence| {
-            s.phonemes
-                .chars()
-                .any(|c| !c.is_whitespace() && !".,;:?!".contains(c))
-        };
+        let speakable = |s: &PhSentence| s.phonemes.chars().any(|c| !c.is_whitespace() && !".,;:?!".contains(c));
         if !sentences.iter().any(speakable) {
             return Err(EngineError::InvalidInput("text has nothing espeak-ng can speak".into()));
         }
@@ -958,7 +913,9 @@ mod tests {
         // with some phonemes, none overlapping, covering the clause.
         let _g = serial();
         let mut p = phonemizer();
-        for text in ["I have 42 apples and 7% of the pears.", "He gave it to them at the end of the day.", "Call 555 1234 now."] {
+        for text in
+            ["I have 42 apples and 7% of the pears.", "He gave it to them at the end of the day.", "Call 555 1234 now."]
+        {
             let sentences = p.sentences(text, "en-us", true).unwrap();
             let written: Vec<String> = text
                 .split_whitespace()
@@ -967,7 +924,9 @@ mod tests {
                 .collect();
             let got: Vec<String> = sentences
                 .iter()
-                .flat_map(|s| s.words.iter().map(|w| text.chars().skip(w.chars.start).take(w.chars.len()).collect::<String>()))
+                .flat_map(|s| {
+                    s.words.iter().map(|w| text.chars().skip(w.chars.start).take(w.chars.len()).collect::<String>())
+                })
                 .collect();
             assert_eq!(got, written, "{text}");
             for s in &sentences {
@@ -990,7 +949,11 @@ mod tests {
         // "42" spoken as two words, after a word: both for the number.
         let spoken = ch("aɪ hæv fˈɔːɹɾi tˈuː");
         let said = spoken_words("aɪ hæv fˈɔːɹɾi tˈuː", 0);
-        let r = align(&said, &spoken, &[ch("ˈaɪ"), ch("hˈæv"), ch("fˈɔːɹɾi tˈuː").into_iter().filter(|c| *c != ' ').collect()]);
+        let r = align(
+            &said,
+            &spoken,
+            &[ch("ˈaɪ"), ch("hˈæv"), ch("fˈɔːɹɾi tˈuː").into_iter().filter(|c| *c != ' ').collect()],
+        );
         assert_eq!(r, vec![0..2, 3..6, 7..19]);
         // A weak form ("a" ɐ for ˈeɪ) still gets its place between its neighbours.
         let spoken = ch("ɐlˈɔŋ");
