@@ -202,6 +202,11 @@ impl Engine {
         }
         let v = self.voices.get(voice).ok_or_else(|| EngineError::UnknownVoice(voice.to_string()))?;
         let ph = self.phonemizer.as_mut().ok_or_else(|| EngineError::Phonemizer("no phonemizer loaded".into()))?;
+        // Without a character that can end a sentence there is none to find
+        // (and a long text still arriving is not phonemized at every piece).
+        if !text.chars().any(|c| ph.may_end_sentence(c)) {
+            return Ok(0);
+        }
         let espeak_voice = v.config().espeak_voice.clone();
         let sentences = match ph.sentences(text, &espeak_voice, false) {
             Ok(s) => s,

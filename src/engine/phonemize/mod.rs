@@ -475,6 +475,12 @@ impl Phonemizer {
         }
     }
 
+    /// Whether `c` can end a sentence for espeak-ng (sentence punctuation
+    /// in its table, or a newline: two of them end a paragraph).
+    pub fn may_end_sentence(&self, c: char) -> bool {
+        c == '\n' || self.clause_type(c) & CLAUSE_TYPE_SENTENCE != 0
+    }
+
     /// espeak-ng's clause type for a character (`clause_type_from_codepoint`).
     fn clause_type(&self, c: char) -> u32 {
         match self.espeak.ucd_properties(c) {
@@ -937,6 +943,18 @@ mod tests {
                 }
                 assert!(last <= s.phonemes.chars().count());
             }
+        }
+    }
+
+    #[test]
+    fn sentence_ends_are_espeaks() {
+        let _g = serial();
+        let p = phonemizer();
+        for c in ['.', '?', '!', '\n', '。', '？'] {
+            assert!(p.may_end_sentence(c), "{c:?}");
+        }
+        for c in [',', ';', 'a', ' ', '-'] {
+            assert!(!p.may_end_sentence(c), "{c:?}");
         }
     }
 
