@@ -249,6 +249,39 @@ fn bad_parameters_and_ids_are_rejected_clearly() {
     ));
 }
 
+/// A streamed sentence is the unstreamed one, raw, sample for sample
+/// (within rounding), whichever way its first chunk is made: one piece (it
+/// fits in the frames the first chunk's decode reads), a first chunk whose
+/// flow was the whole sentence's (kept for the rest, not run again), or a
+/// first chunk from the head of the flow and a second flow.
+fn streamed_sentences_equal_the_unstreamed_ones() {
+    let mut engine = Engine::new();
+    engine.load_voice("joe", &voice_path()).unwrap();
+    let mut kinds = Vec::new();
+    for text in ["Hi.", "Hello world.", "The quick brown fox jumps over the lazy dog."] {
+        let input = SynthInput::Text(text.into());
+        let mut run = |stream: bool| {
+            let mut chunks: Vec<Vec<i16>> = Vec::new();
+            let p = SynthParams { stream, raw: true, seed: Some(5), ..Default::default() };
+            engine.synthesize("joe", &input, &p, &|| false, &mut |c| Ok(chunks.push(c.samples))).unwrap();
+            chunks
+        };
+        let (streamed, whole) = (run(true), run(false));
+        let (s, w): (Vec<i16>, Vec<i16>) = (streamed.concat(), whole.concat());
+        assert_eq!(s.len(), w.len(), "{text}");
+        let max_diff = s.iter().zip(&w).map(|(a, b)| (a - b).unsigned_abs()).max().unwrap();
+        assert!(max_diff <= 4, "{text}: streamed differs from unstreamed by up to {max_diff} LSB");
+        let frames = w.len() / 256;
+        eprintln!("{text}: {frames} frames, {} chunks, max |diff| {max_diff} LSB", streamed.len());
+        kinds.push((frames, streamed.len()));
+    }
+    let model = engine.voice("joe").unwrap().model();
+    let (ctx, radius) = (model.dec.context_frames(), model.flow.radius());
+    assert!(kinds[0].0 <= 24 + ctx && kinds[0].1 == 1, "{kinds:?}: the shortest is one chunk");
+    assert!(kinds[1].0 > 24 + ctx && kinds[1].0 <= 24 + ctx + radius, "{kinds:?}: the second's first flow is the whole");
+    assert!(kinds[2].0 > 24 + ctx + radius && kinds[2].1 >= 2, "{kinds:?}: the longest runs the flow twice");
+}
+
 fn copy_voice(dir: &Path, onnx_bytes: Option<usize>, json: Option<&str>) -> PathBuf {
     let onnx = dir.join("v.onnx");
     let bytes = std::fs::read(voice_path()).unwrap();
@@ -289,6 +322,7 @@ fn main() {
         ("windowed_decoding_equals_whole_sentence_decoding", windowed_decoding_equals_whole_sentence_decoding),
         ("lanes_leave_the_audio_unchanged", lanes_leave_the_audio_unchanged),
         ("streaming_yields_several_chunks_and_cancellation_stops_it", streaming_yields_several_chunks_and_cancellation_stops_it),
+        ("streamed_sentences_equal_the_unstreamed_ones", streamed_sentences_equal_the_unstreamed_ones),
         ("text_sentences_become_separate_normalised_chunks", text_sentences_become_separate_normalised_chunks),
         ("bad_parameters_and_ids_are_rejected_clearly", bad_parameters_and_ids_are_rejected_clearly),
         ("broken_voice_files_give_clear_errors", broken_voice_files_give_clear_errors),

@@ -248,11 +248,23 @@ impl Voice {
             let mut timings =
                 (params.timings != TimingLevel::None).then(|| utt.timings(&prior.durations, frames as u64, hop));
             let mut start = 0;
+            // The whole sentence's `z` when the first chunk's flow already covered it.
+            let mut z_whole = None;
             if params.stream {
                 // First chunk early: the flow over just the frames it needs.
-                let end = FIRST_WINDOW_FRAMES.min(frames);
+                // A sentence no longer than the frames that chunk's decode
+                // reads anyway is that chunk, whole.
                 let ctx = self.model.dec.context_frames();
-                let z_head = self.model.flow_head(&prior.z_p, end + ctx, g.as_ref(), cancelled)?;
+                let end = if frames <= FIRST_WINDOW_FRAMES + ctx { frames } else { FIRST_WINDOW_FRAMES };
+                // When the flow's receptive field from those frames reaches
+                // the last one, that flow is the whole sentence's: kept for
+                // the windows after, not run twice.
+                let whole = self.model.flow_head_is_whole(frames, end + ctx);
+                let z_head = if whole {
+                    self.model.flow.reverse(&prior.z_p, g.as_ref(), cancelled)?
+                } else {
+                    self.model.flow_head(&prior.z_p, end + ctx, g.as_ref(), cancelled)?
+                };
                 z_head.eval()?;
                 stages.flow += lap(&mut t);
                 let audio = to_vec(&self.model.decode_window(&z_head, 0, end, g.as_ref(), cancelled)?)?;
@@ -265,14 +277,21 @@ impl Voice {
                 };
                 send(chunk, &mut summary)?;
                 start = end;
+                z_whole = whole.then_some(z_head);
             }
             if start >= frames {
                 continue;
             }
             t = Instant::now();
-            let z = self.model.flow.reverse(&prior.z_p, g.as_ref(), cancelled)?;
-            z.eval()?;
-            stages.flow += lap(&mut t);
+            let z = match z_whole {
+                Some(z) => z,
+                None => {
+                    let z = self.model.flow.reverse(&prior.z_p, g.as_ref(), cancelled)?;
+                    z.eval()?;
+                    stages.flow += lap(&mut t);
+                    z
+                }
+            };
             let mut pieces: Vec<Vec<f32>> = Vec::new();
             // Unstreamed, long windows: less overlap to recompute, and memory
             // still bounded for a long sentence.

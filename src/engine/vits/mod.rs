@@ -272,6 +272,13 @@ impl Vits {
         ops::rows(&z, 0, frames.min(t) as i32)
     }
 
+    /// Whether [`Vits::flow_head`] of `frames` frames of a `t`-frame `z_p`
+    /// would run the flow over all of it (its receptive field reaches the
+    /// last frame): then the whole reverse flow costs the same.
+    pub fn flow_head_is_whole(&self, t: usize, frames: usize) -> bool {
+        frames + self.flow.radius() >= t
+    }
+
     /// Decodes frames `[start, end)` of `z`, reading `context` extra frames
     /// on each side where they exist; returns exactly `(end - start) * hop`
     /// samples, equal (up to rounding) to that span of a whole decode.
