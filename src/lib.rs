@@ -7,8 +7,11 @@
 //! - [`frontend`]: the ways in, adapters between a wire and the core's
 //!   `Handle`/`Session`: today the native protocol on the Unix socket
 //!   (listener, peer checks, handshake, framing, its own limits).
-//! - [`worker`]: a worker process, running the engine on its main thread.
-//! - [`engine`]: voices, phonemizer and the VITS model on MLX.
+//! - [`worker`]: a worker process, running the engine on its main thread;
+//!   its `speak` turns a text that arrives in pieces (and SSML) into
+//!   sentences, audio and timings.
+//! - [`engine`]: voices, phonemizer (with each word's phonemes), SSML, and
+//!   the VITS model on MLX.
 //! - [`client`]: the library client used by `ttsctl`, tests and the stress
 //!   harness. [`config`]: `daemon.toml`. [`log`]: one-line stderr logging.
 //! - [`runtime_dir`]: the socket's default directory and the checks that it

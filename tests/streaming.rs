@@ -589,3 +589,24 @@ fn a_version_1_client_is_served_and_cannot_send_version_2_requests() {
         }
     }
 }
+
+#[test]
+fn timings_of_a_sentence_cut_for_length_stay_in_order_and_inside_the_audio() {
+    // No full stop for ~600 characters: the engine cuts it into pieces of
+    // at most 800 phoneme ids, each its own model call.
+    let d = Daemon::start("workers = 1");
+    let mut c = d.client();
+    let text = "one, two, three, four, five, six, seven, eight, nine, ten, ".repeat(10);
+    let h = whole(&mut c, quiet(&text), words());
+    assert!(matches!(h.end, Some(Ok(_))), "{:?}", h.end);
+    assert!(h.timings_at.len() >= 2, "cut into {} pieces", h.timings_at.len());
+    let expected: Vec<&str> = text.split_whitespace().map(|w| w.trim_matches(',')).collect();
+    let said: Vec<&str> = h.words.iter().map(|w| w.word.as_str()).collect();
+    assert_eq!(said, expected);
+    let total = h.samples.len() as u64;
+    let mut last = 0;
+    for w in &h.words {
+        assert!(w.start >= last && w.start < w.end && w.end <= total, "{w:?} (audio {total})");
+        last = w.end;
+    }
+}

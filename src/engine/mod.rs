@@ -17,8 +17,10 @@
 //!   safetensors);
 //! - `vits` (the model), `params` (a request's parameters, filled in from
 //!   the voice's defaults), `voice_config` (the `.onnx.json`), `phonemize`
-//!   (espeak-ng), `split` (long sentences cut to a bounded length), `voice`
-//!   (one loaded voice: config + model + synthesis loop), `sanitize` (error
+//!   (espeak-ng, sentences and each word's phonemes), `split` (long
+//!   sentences cut to a bounded length), `voice` (one loaded voice: config
+//!   + model + synthesis loop, and each sentence's timings), `ssml` (an
+//!   SSML subset to text, marks and breaks, in pieces), `sanitize` (error
 //!   text fit for clients);
 //! - this file: [`Engine`], the voices of one process.
 
