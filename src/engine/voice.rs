@@ -247,6 +247,9 @@ impl Voice {
             // Handed out with the sentence's first chunk.
             let mut timings =
                 (params.timings != TimingLevel::None).then(|| utt.timings(&prior.durations, frames as u64, hop));
+            let count = sentences.len();
+            let mut chunk_of =
+                |samples: Vec<i16>| Chunk { samples, sentence: index, sentences: count, timings: timings.take() };
             let mut start = 0;
             // The whole sentence's `z` when the first chunk's flow already covered it.
             let mut z_whole = None;
@@ -269,13 +272,7 @@ impl Voice {
                 stages.flow += lap(&mut t);
                 let audio = to_vec(&self.model.decode_window(&z_head, 0, end, g.as_ref(), cancelled)?)?;
                 stages.decode += lap(&mut t);
-                let chunk = Chunk {
-                    samples: to_pcm(&audio, 1.0),
-                    sentence: index,
-                    sentences: sentences.len(),
-                    timings: timings.take(),
-                };
-                send(chunk, &mut summary)?;
+                send(chunk_of(to_pcm(&audio, 1.0)), &mut summary)?;
                 start = end;
                 z_whole = whole.then_some(z_head);
             }
@@ -302,13 +299,7 @@ impl Voice {
                 let audio = to_vec(&self.model.decode_window(&z, start, end, g.as_ref(), cancelled)?)?;
                 stages.decode += lap(&mut t);
                 if params.stream {
-                    let chunk = Chunk {
-                        samples: to_pcm(&audio, 1.0),
-                        sentence: index,
-                        sentences: sentences.len(),
-                        timings: timings.take(),
-                    };
-                    send(chunk, &mut summary)?;
+                    send(chunk_of(to_pcm(&audio, 1.0)), &mut summary)?;
                     t = Instant::now();
                 } else {
                     pieces.push(audio);
@@ -318,13 +309,7 @@ impl Voice {
             if !params.stream {
                 let audio: Vec<f32> = pieces.concat();
                 let gain = if params.raw { 1.0 } else { peak_gain(&audio) };
-                let chunk = Chunk {
-                    samples: to_pcm(&audio, gain),
-                    sentence: index,
-                    sentences: sentences.len(),
-                    timings: timings.take(),
-                };
-                send(chunk, &mut summary)?;
+                send(chunk_of(to_pcm(&audio, gain)), &mut summary)?;
             }
         }
         summary.synth_seconds = started.elapsed().as_secs_f64() - callback_time;

@@ -210,71 +210,26 @@ impl Speaker {
         if self.piecewise && !text.chars().any(|c| c.is_alphanumeric()) {
             return Ok(());
         }
-        let params = SynthParams {
-            seed: Some(self.seed.wrapping_add(self.sentences)),
-            ..self.params.clone()
-        };
-        let chars: Vec<char> = text.chars().collect();
-        let job = self.job;
-        let rate = self.sample_rate;
-        let phonemes = self.params.timings == TimingLevel::Phonemes;
+        let timings_on = self.timings;
         let words_wanted = self.params.timings != TimingLevel::None;
-        let mut failure: Option<EngineError> = None;
-        let summary = {
-            let samples = &mut self.samples;
-            let marks = &mut self.marks;
-            let timings_on = self.timings;
-            let mut on_chunk = |c: Chunk| -> Result<(), EngineError> {
-                if let (Some(t), true) = (&c.timings, timings_on) {
-                    let msg = timings_message(
-                        job,
-                        t,
-                        base,
-                        *samples,
-                        &chars,
-                        &source,
-                        marks,
-                        words_wanted,
-                        phonemes,
-                    );
-                    send(msg)?;
-                }
-                *samples += c.samples.len() as u64;
-                send(FromWorker::Chunk {
-                    job,
-                    sample_rate: rate,
-                    samples: c.samples,
-                })
-            };
-            let params = SynthParams {
-                timings: if timings_on && !words_wanted {
-                    TimingLevel::Words
-                } else {
-                    params.timings
-                },
-                ..params
-            };
-            match engine.synthesize(
-                &self.voice,
-                &SynthInput::Text(text),
-                &params,
-                cancelled,
-                &mut on_chunk,
-            ) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    failure = Some(e);
-                    None
-                }
+        let phonemes = self.params.timings == TimingLevel::Phonemes;
+        // Marks need the words' places even when no timings were asked for.
+        let level = if timings_on && !words_wanted { TimingLevel::Words } else { self.params.timings };
+        let params =
+            SynthParams { seed: Some(self.seed.wrapping_add(self.sentences)), timings: level, ..self.params.clone() };
+        let chars: Vec<char> = text.chars().collect();
+        let (job, rate) = (self.job, self.sample_rate);
+        let (samples, marks) = (&mut self.samples, &mut self.marks);
+        let mut on_chunk = |c: Chunk| -> Result<(), EngineError> {
+            if let (Some(t), true) = (&c.timings, timings_on) {
+                send(timings_message(job, t, base, *samples, &chars, &source, marks, words_wanted, phonemes))?;
             }
+            *samples += c.samples.len() as u64;
+            send(FromWorker::Chunk { job, sample_rate: rate, samples: c.samples })
         };
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        if let Some(s) = summary {
-            self.sentences += s.sentences as u64;
-            self.spoke = true;
-        }
+        let summary = engine.synthesize(&self.voice, &SynthInput::Text(text), &params, cancelled, &mut on_chunk)?;
+        self.sentences += summary.sentences as u64;
+        self.spoke = true;
         Ok(())
     }
 
