@@ -610,3 +610,25 @@ fn timings_of_a_sentence_cut_for_length_stay_in_order_and_inside_the_audio() {
         last = w.end;
     }
 }
+
+#[test]
+fn a_streamed_text_without_a_sentence_yet_does_not_hold_a_worker() {
+    // One worker. A text opened with no sentence end waits in the queue;
+    // another client's request is served meanwhile; the text is spoken
+    // once its sentence arrives.
+    let d = Daemon::start("workers = 1");
+    let mut streaming = d.client();
+    let id = streaming.open_text(quiet("A language model is thinking about"), SpeechOptions::default()).unwrap();
+    let mut other = d.client();
+    let done = whole(&mut other, quiet("Meanwhile, another program speaks."), SpeechOptions::default());
+    assert!(matches!(done.end, Some(Ok(_))), "{:?}", done.end);
+    let s = d.status();
+    assert!(s.workers.iter().all(|w| w.current_request.is_none()), "a worker held by an idle text: {:?}", s.workers);
+    assert_eq!(s.queue_depth, 1, "the open text waits in the queue");
+    streaming.append_text(id, " what to say. Then it goes on").unwrap();
+    streaming.finish_text(id).unwrap();
+    let h = collect(&mut streaming, id);
+    assert!(matches!(h.end, Some(Ok(_))), "{:?}", h.end);
+    let at_once = whole(&mut streaming, quiet("A language model is thinking about what to say. Then it goes on"), SpeechOptions::default());
+    assert!(h.samples == at_once.samples);
+}

@@ -250,7 +250,11 @@ impl Arbiter {
         let mut p = Pending::new(conn, req, voice, arrived, deadline, out, self.outcomes.clone());
         p.opts = opts;
         if streamed_text {
-            p.text_stream = Some(TextStream { finished: false, chars, timeout: Duration::from_millis(timeout) });
+            let mut ts = TextStream { finished: false, chars, timeout: Duration::from_millis(timeout), speakable: false };
+            if let Input::Text(first) = &p.req.input {
+                ts.note(first, opts.ssml);
+            }
+            p.text_stream = Some(ts);
         }
         if let Err((code, message)) = checked {
             return p.fail(code, message, None);
@@ -388,6 +392,7 @@ impl Arbiter {
         let msg = match piece {
             Some(text) => {
                 ts.chars += text.chars().count();
+                ts.note(&text, p.opts.ssml);
                 if let Input::Text(all) = &mut p.req.input {
                     all.push_str(&text);
                 }
@@ -722,7 +727,12 @@ impl Arbiter {
             std::mem::take(&mut self.queue).into_iter().partition(|p| p.deadline <= now);
         self.queue = keep;
         for p in late {
-            p.fail(ErrorCode::Timeout, "deadline passed while waiting for a worker", None);
+            let why = if p.ready() {
+                "deadline passed while waiting for a worker"
+            } else {
+                "deadline passed while waiting for more text (timeout_ms counts from each piece)"
+            };
+            p.fail(ErrorCode::Timeout, why, None);
         }
     }
 
@@ -793,9 +803,11 @@ impl Arbiter {
     }
 
     fn dispatch(&mut self, now: Instant) {
-        while !self.queue.is_empty() {
+        // A streamed text with no sentence yet waits where it is; the
+        // requests behind it go first.
+        while let Some(next) = self.queue.iter().position(Pending::ready) {
             let Some(wid) = policy::pick_worker(&self.candidates()) else { break };
-            let Some(mut p) = self.queue.pop_front() else { break };
+            let Some(mut p) = self.queue.remove(next) else { break };
             if p.deadline <= now {
                 p.fail(ErrorCode::Timeout, "deadline passed while waiting for a worker", None);
                 continue;

@@ -157,6 +157,25 @@ pub struct TextStream {
     pub chars: usize,
     /// How long the client has for each piece (its deadline moves).
     pub timeout: Duration,
+    /// Some of its text may be a whole sentence already (see
+    /// [`TextStream::note`]); until then, or until it is finished, it
+    /// waits in the queue without holding a worker.
+    pub speakable: bool,
+}
+
+/// Characters after which a streamed text is worth a worker: they may end
+/// a sentence (the worker's phonemizer decides which do).
+const MAY_END_SENTENCE: &[char] = &['.', '!', '?', '\n', '…', '。', '！', '？', '؟', '।', '\u{2029}'];
+/// A streamed text this long goes to a worker whatever it holds (the
+/// engine cuts a sentence without a full stop at about 380 characters).
+const SPEAKABLE_CHARS: usize = 300;
+
+impl TextStream {
+    /// A new piece arrived (`chars` already counts it).
+    pub fn note(&mut self, piece: &str, ssml: bool) {
+        // SSML: a <break> makes what came before it speakable.
+        self.speakable |= ssml || self.chars >= SPEAKABLE_CHARS || piece.contains(MAY_END_SENTENCE);
+    }
 }
 
 pub struct Pending {
@@ -229,6 +248,12 @@ impl Pending {
 
     pub fn id(&self) -> u64 {
         self.req.id
+    }
+
+    /// Whether a worker has something to do for it: always, but for a
+    /// streamed text with no possible sentence yet.
+    pub fn ready(&self) -> bool {
+        self.text_stream.as_ref().is_none_or(|t| t.finished || t.speakable)
     }
 
     fn send(&self, reply: Reply) {
