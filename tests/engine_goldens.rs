@@ -263,7 +263,11 @@ fn streamed_sentences_equal_the_unstreamed_ones() {
         let mut run = |stream: bool| {
             let mut chunks: Vec<Vec<i16>> = Vec::new();
             let p = SynthParams { stream, raw: true, seed: Some(5), ..Default::default() };
-            engine.synthesize("joe", &input, &p, &|| false, &mut |c| Ok(chunks.push(c.samples))).unwrap();
+            engine.synthesize("joe", &input, &p, &|| false, &mut |c| {
+                chunks.push(c.samples);
+                Ok(())
+            })
+            .unwrap();
             chunks
         };
         let (streamed, whole) = (run(true), run(false));

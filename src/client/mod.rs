@@ -29,6 +29,7 @@ use crate::runtime_dir::{self, DefaultDir, DirError};
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -161,6 +162,9 @@ pub struct Client {
     stream: UnixStream,
     server: String,
     next_id: u64,
+    /// Held while a frame is written: a [`TextFeed`] on another thread
+    /// writes to the same connection, and frames must not interleave.
+    writing: Arc<Mutex<()>>,
 }
 
 impl Client {
@@ -188,7 +192,7 @@ impl Client {
         if !target.trust.accepts(uid) {
             return Err(ClientError::UntrustedServer { path: path.clone(), uid, trust: target.trust.clone() });
         }
-        let mut c = Self { stream, server: String::new(), next_id: 1 };
+        let mut c = Self { stream, server: String::new(), next_id: 1, writing: Arc::default() };
         if let Err(e) = c.send(&Request::Hello { version: PROTOCOL_VERSION, client: client_name.to_string() }) {
             // A refused peer is told why and closed, maybe before our Hello
             // got through: prefer the daemon's reason to the broken pipe.
@@ -216,6 +220,7 @@ impl Client {
     }
 
     pub fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        let _one_writer = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         protocol::write_frame(&mut self.stream, req)?;
         Ok(())
     }
@@ -262,7 +267,7 @@ impl Client {
     /// A second handle on the connection that can only send pieces of a
     /// streamed text (for a thread that feeds it while this one reads).
     pub fn writer(&self) -> Result<TextFeed, ClientError> {
-        Ok(TextFeed { stream: self.stream.try_clone().map_err(FrameError::Io)? })
+        Ok(TextFeed { stream: self.stream.try_clone().map_err(FrameError::Io)?, writing: self.writing.clone() })
     }
 
     pub fn append_text(&mut self, id: u64, text: &str) -> Result<(), ClientError> {
@@ -340,21 +345,26 @@ impl Client {
     }
 }
 
-/// See [`Client::writer`]. Its frames never interleave with the client's
-/// as long as the client sends nothing while the text is open.
+/// See [`Client::writer`]. Its frames and the client's (a `Cancel`) never
+/// interleave: both take the same lock to write one.
 pub struct TextFeed {
     stream: UnixStream,
+    writing: Arc<Mutex<()>>,
 }
 
 impl TextFeed {
-    pub fn append_text(&mut self, id: u64, text: &str) -> Result<(), ClientError> {
-        protocol::write_frame(&mut self.stream, &Request::AppendText { id, text: text.to_string() })?;
+    fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        let _one_writer = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        protocol::write_frame(&mut self.stream, req)?;
         Ok(())
     }
 
+    pub fn append_text(&mut self, id: u64, text: &str) -> Result<(), ClientError> {
+        self.send(&Request::AppendText { id, text: text.to_string() })
+    }
+
     pub fn finish_text(&mut self, id: u64) -> Result<(), ClientError> {
-        protocol::write_frame(&mut self.stream, &Request::FinishText { id })?;
-        Ok(())
+        self.send(&Request::FinishText { id })
     }
 }
 

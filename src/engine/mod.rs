@@ -18,10 +18,10 @@
 //! - `vits` (the model), `params` (a request's parameters, filled in from
 //!   the voice's defaults), `voice_config` (the `.onnx.json`), `phonemize`
 //!   (espeak-ng, sentences and each word's phonemes), `split` (long
-//!   sentences cut to a bounded length), `voice` (one loaded voice: config
-//!   + model + synthesis loop, and each sentence's timings), `ssml` (an
-//!   SSML subset to text, marks and breaks, in pieces), `sanitize` (error
-//!   text fit for clients);
+//!   sentences cut to a bounded length), `voice` (one loaded voice: config,
+//!   model, synthesis loop and each sentence's timings), `ssml` (an SSML
+//!   subset to text, marks and breaks, in pieces), `sanitize` (error text
+//!   fit for clients);
 //! - this file: [`Engine`], the voices of one process.
 
 pub mod cancel;

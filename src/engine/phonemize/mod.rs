@@ -959,6 +959,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // one spoken word: a list of one range
     fn align_gives_each_word_the_phonemes_that_match_its_own() {
         let ch = |s: &str| s.chars().collect::<Vec<char>>();
         // "of the" spoken as one word: split where the letters match.
@@ -981,6 +982,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // one spoken word: a list of one range
     fn share_follows_the_weights_and_snaps_to_spoken_words() {
         // Two spoken words of 4 and 2 phonemes for two written ones
         // weighted 4:2: exactly one each.
