@@ -53,16 +53,9 @@ pub enum ToWorker {
     /// Exit after the current job (if any).
     Stop,
     /// The next piece of streamed-text job `job`; the deadline moved.
-    Text {
-        job: u64,
-        text: String,
-        remaining_ms: u64,
-    },
+    Text { job: u64, text: String, remaining_ms: u64 },
     /// No more text for streamed-text job `job`.
-    Finish {
-        job: u64,
-        remaining_ms: u64,
-    },
+    Finish { job: u64, remaining_ms: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,37 +65,14 @@ pub enum FromWorker {
     Ready { voices: Vec<(String, VoiceDesc)>, failed: Vec<(String, String)> },
     /// No voice loaded: one of these per voice, then the worker exits with
     /// `EXIT_LOAD_FAILED`.
-    LoadFailed {
-        voice: String,
-        reason: String,
-    },
-    Heartbeat {
-        rss_bytes: u64,
-    },
-    Chunk {
-        job: u64,
-        sample_rate: u32,
-        samples: Vec<i16>,
-    },
+    LoadFailed { voice: String, reason: String },
+    Heartbeat { rss_bytes: u64 },
+    Chunk { job: u64, sample_rate: u32, samples: Vec<i16> },
     /// Timings of the sentence whose audio follows (offsets already in the
     /// request's text and audio).
-    Timings {
-        job: u64,
-        words: Vec<WordTiming>,
-        phonemes: Vec<PhonemeTiming>,
-        marks: Vec<MarkTiming>,
-    },
-    JobDone {
-        job: u64,
-        samples: u64,
-        sample_rate: u32,
-        synth_ms: u64,
-    },
-    JobFailed {
-        job: u64,
-        code: ErrorCode,
-        message: String,
-    },
+    Timings { job: u64, words: Vec<WordTiming>, phonemes: Vec<PhonemeTiming>, marks: Vec<MarkTiming> },
+    JobDone { job: u64, samples: u64, sample_rate: u32, synth_ms: u64 },
+    JobFailed { job: u64, code: ErrorCode, message: String },
 }
 
 /// Exit code of a worker that could not load its voices: the supervisor

@@ -25,35 +25,13 @@ pub enum Event {
     Connected { conn: ConnId, out: Outbox },
     /// A request's `ticket` is released when the event is dropped, letting
     /// its session hand over the next one.
-    Submit {
-        conn: ConnId,
-        sub: Submission,
-        arrived: Instant,
-        ticket: Ticket,
-    },
-    Cancel {
-        conn: ConnId,
-        id: u64,
-        ticket: Ticket,
-    },
+    Submit { conn: ConnId, sub: Submission, arrived: Instant, ticket: Ticket },
+    Cancel { conn: ConnId, id: u64, ticket: Ticket },
     /// The next piece of streamed-text request `id`.
-    Append {
-        conn: ConnId,
-        id: u64,
-        text: String,
-        ticket: Ticket,
-    },
+    Append { conn: ConnId, id: u64, text: String, ticket: Ticket },
     /// No more pieces for streamed-text request `id`.
-    Finish {
-        conn: ConnId,
-        id: u64,
-        ticket: Ticket,
-    },
-    Query {
-        conn: ConnId,
-        what: Query,
-        ticket: Ticket,
-    },
+    Finish { conn: ConnId, id: u64, ticket: Ticket },
+    Query { conn: ConnId, what: Query, ticket: Ticket },
     /// `reason`: the daemon closed it (else the client did, or it broke).
     Disconnected { conn: ConnId, reason: Option<CloseReason> },
     Worker { wid: WorkerId, msg: FromWorker },
