@@ -239,29 +239,28 @@ impl Client {
 
     /// Send a synthesize request under a fresh id and return the id; read
     /// the replies with [`Client::recv`].
-    pub fn submit(&mut self, mut req: SynthRequest) -> Result<u64, ClientError> {
-        req.id = self.next_id();
-        let id = req.id;
-        self.send(&Request::Synthesize(req))?;
-        Ok(id)
+    pub fn submit(&mut self, req: SynthRequest) -> Result<u64, ClientError> {
+        self.send_new(req, Request::Synthesize)
     }
 
     /// [`Client::submit`] with the options of protocol version 2.
-    pub fn submit_with(&mut self, mut req: SynthRequest, opts: SpeechOptions) -> Result<u64, ClientError> {
+    pub fn submit_with(&mut self, req: SynthRequest, opts: SpeechOptions) -> Result<u64, ClientError> {
+        self.send_new(req, |req| Request::SynthesizeWith { req, opts })
+    }
+
+    /// Sends `req` under a fresh id, wrapped by `as_request`; returns the id.
+    fn send_new(&mut self, mut req: SynthRequest, as_request: impl FnOnce(SynthRequest) -> Request) -> Result<u64, ClientError> {
         req.id = self.next_id();
         let id = req.id;
-        self.send(&Request::SynthesizeWith { req, opts })?;
+        self.send(&as_request(req))?;
         Ok(id)
     }
 
     /// Opens a streamed-text request (its first piece is `req`'s text) under
     /// a fresh id; send the rest with [`Client::append_text`], then
     /// [`Client::finish_text`].
-    pub fn open_text(&mut self, mut req: SynthRequest, opts: SpeechOptions) -> Result<u64, ClientError> {
-        req.id = self.next_id();
-        let id = req.id;
-        self.send(&Request::OpenText { req, opts })?;
-        Ok(id)
+    pub fn open_text(&mut self, req: SynthRequest, opts: SpeechOptions) -> Result<u64, ClientError> {
+        self.send_new(req, |req| Request::OpenText { req, opts })
     }
 
     /// A second handle on the connection that can only send pieces of a

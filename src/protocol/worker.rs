@@ -40,6 +40,7 @@ pub struct Job {
     /// A streamed text: `input` is the text so far, more may follow in
     /// `ToWorker::Text` until `ToWorker::Finish` (or `finished` already).
     pub text_stream: bool,
+    /// No more text will come (always, for a text sent whole).
     pub finished: bool,
 }
 

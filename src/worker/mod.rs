@@ -143,7 +143,7 @@ fn run_job(
     let last_beat = Cell::new(Instant::now());
     // A streamed text's pieces that arrived while the engine worked.
     let arrived = RefCell::new(String::new());
-    let finished = Cell::new(job.finished || !job.text_stream);
+    let finished = Cell::new(job.finished);
     // The cores the supervisor gave this job (of the lanes opened at start).
     crate::engine::cpu::use_threads(job.threads as usize);
     alarm.arm(job.remaining_ms);
@@ -222,22 +222,20 @@ fn run_job(
         let sample_rate = engine.voice(&job.voice).map(|v| v.info().sample_rate).unwrap_or(0);
         let mut send = |msg: FromWorker| chan.send(&msg).map_err(|e| EngineError::Output(e.to_string()));
         assert_main_thread();
-        let text = match &job.input {
-            Input::PhonemeIds(ids) => {
-                let mut on_chunk = |c: Chunk| send(FromWorker::Chunk { job: job.job, sample_rate, samples: c.samples });
-                let input = SynthInput::PhonemeIds(ids.clone());
-                let s = engine.synthesize(&job.voice, &input, &params, &cancelled, &mut on_chunk)?;
-                return Ok((s.samples as u64, s.synth_seconds));
-            }
-            // Plain text at once, the common case: the engine as it is.
+        // Ids, or plain text at once (the common case): the engine as it is.
+        let (text, plain) = match &job.input {
+            Input::PhonemeIds(ids) => (None, Some(SynthInput::PhonemeIds(ids.clone()))),
             Input::Text(t) if !job.text_stream && !job.opts.ssml && job.opts.timings == TimingLevel::None => {
-                let mut on_chunk = |c: Chunk| send(FromWorker::Chunk { job: job.job, sample_rate, samples: c.samples });
-                let s =
-                    engine.synthesize(&job.voice, &SynthInput::Text(t.clone()), &params, &cancelled, &mut on_chunk)?;
-                return Ok((s.samples as u64, s.synth_seconds));
+                (None, Some(SynthInput::Text(t.clone())))
             }
-            Input::Text(t) => t,
+            Input::Text(t) => (Some(t), None),
         };
+        if let Some(input) = plain {
+            let mut on_chunk = |c: Chunk| send(FromWorker::Chunk { job: job.job, sample_rate, samples: c.samples });
+            let s = engine.synthesize(&job.voice, &input, &params, &cancelled, &mut on_chunk)?;
+            return Ok((s.samples as u64, s.synth_seconds));
+        }
+        let text = text.map_or("", String::as_str);
         let started = Instant::now();
         let mut waited = Duration::ZERO;
         let mut speaker = Speaker::new(job.job, &job.voice, params, sample_rate, job.opts.ssml, job.text_stream);

@@ -38,7 +38,8 @@ pub struct Speaker {
     /// Marks and breaks not reached yet, at plain-text offsets.
     marks: VecDeque<ssml::Mark>,
     breaks: VecDeque<ssml::Break>,
-    /// Plain text received in all, in characters.
+    /// Characters of the client's text received (plain text only: for
+    /// SSML the parser maps each character to its place in the markup).
     received: usize,
     /// The text arrives in pieces (or is SSML): a piece with nothing to say
     /// ("?!" before the next sentence) is passed over rather than refused.
@@ -127,7 +128,6 @@ impl Speaker {
     }
 
     fn take(&mut self, speech: ssml::Speech) {
-        self.received += speech.text.chars().count();
         self.pending.push_str(&speech.text);
         self.source.extend(speech.source);
         self.marks.extend(speech.marks);
